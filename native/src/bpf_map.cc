@@ -1,0 +1,355 @@
+// BpfMap: one map fd. Lookups and updates are synchronous (one syscall each); bulk work goes
+// through updateBatch, which falls back to a loop for map types without a batch op.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+
+namespace meshctl {
+
+namespace {
+
+constexpr int kEnotsupp = 524;
+
+bool IsPerCpu(uint32_t type) {
+  switch (type) {
+    case BPF_MAP_TYPE_PERCPU_HASH:
+    case BPF_MAP_TYPE_PERCPU_ARRAY:
+    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+    case BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const char* MapTypeName(uint32_t type) {
+  const char* name = libbpf_bpf_map_type_str(static_cast<enum bpf_map_type>(type));
+  return name != nullptr ? name : "unknown";
+}
+
+// Only map fds show "map_type:" in their fdinfo; bpf_obj_get() also opens programs and links.
+bool IsMapFd(int fd) {
+  std::string path = "/proc/self/fdinfo/" + std::to_string(fd);
+  FILE* f = fopen(path.c_str(), "re");
+  if (f == nullptr) return true;  // cannot tell: let map_info decide
+  char line[256];
+  bool isMap = false;
+  while (fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "map_type:", 9) == 0) {
+      isMap = true;
+      break;
+    }
+  }
+  fclose(f);
+  return isMap;
+}
+
+class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(
+        env, "BpfMap",
+        {
+            StaticMethod<&BpfMap::OpenPinned>("openPinned"),
+            InstanceAccessor<&BpfMap::GetFd>("fd"),
+            InstanceAccessor<&BpfMap::GetName>("name"),
+            InstanceAccessor<&BpfMap::GetClosed>("closed"),
+            InstanceMethod<&BpfMap::Info>("info"),
+            InstanceMethod<&BpfMap::Lookup>("lookup"),
+            InstanceMethod<&BpfMap::Update>("update"),
+            InstanceMethod<&BpfMap::Delete>("delete"),
+            InstanceMethod<&BpfMap::NextKey>("nextKey"),
+            InstanceMethod<&BpfMap::Keys>("keys"),
+            InstanceMethod<&BpfMap::UpdateBatch>("updateBatch"),
+            InstanceMethod<&BpfMap::Pin>("pin"),
+            InstanceMethod<&BpfMap::Close>("close"),
+        });
+  }
+
+  // Called as `new BpfMap(external<int fd>)` from C++ only; takes ownership of the fd.
+  explicit BpfMap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BpfMap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() != 1 || !info[0].IsExternal()) {
+      throw Napi::TypeError::New(env, "BpfMap cannot be constructed directly: use BpfMap.openPinned() or BpfObject.map()");
+    }
+    int fd = *info[0].As<Napi::External<int>>().Data();
+    struct bpf_map_info mapInfo;
+    std::memset(&mapInfo, 0, sizeof mapInfo);
+    uint32_t len = sizeof mapInfo;
+    if (bpf_obj_get_info_by_fd(fd, &mapInfo, &len) != 0) {
+      int err = errno;
+      close(fd);
+      throw BpfError(env, "map_info", "fd " + std::to_string(fd), err);
+    }
+    fd_ = fd;
+    env_ = env;
+    type_ = mapInfo.type;
+    id_ = mapInfo.id;
+    keySize_ = mapInfo.key_size;
+    valueSize_ = mapInfo.value_size;
+    maxEntries_ = mapInfo.max_entries;
+    flags_ = mapInfo.map_flags;
+    name_ = mapInfo.name;
+    if (IsPerCpu(type_)) {
+      int cpus = libbpf_num_possible_cpus();
+      if (cpus <= 0) cpus = 1;
+      possibleCpus_ = static_cast<uint32_t>(cpus);
+      userValueSize_ = ((valueSize_ + 7) / 8) * 8 * possibleCpus_;
+    } else {
+      possibleCpus_ = 1;
+      userValueSize_ = valueSize_;
+    }
+    RegisterHandle(env_, this);
+  }
+
+  ~BpfMap() override {
+    CloseFd();
+    UnregisterHandle(env_, this);
+  }
+
+  void CloseHandle() override { CloseFd(); }
+
+ private:
+  static Napi::Value OpenPinned(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string path = ArgString(info, 0, "path");
+    int fd = bpf_obj_get(path.c_str());
+    if (fd < 0) throw BpfError(env, "obj_get", path, errno);
+    if (!IsMapFd(fd)) {
+      close(fd);
+      throw BpfErrorWithReason(env, "obj_get", path, EINVAL, "pinned object is not a map");
+    }
+    return NewBpfMapFromFd(env, fd);
+  }
+
+  void CloseFd() {
+    if (fd_ >= 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+
+  void RequireOpen(Napi::Env env, const char* op) {
+    if (fd_ < 0) throw BpfErrorWithReason(env, op, name_, EBADF, "map is closed");
+  }
+
+  void CheckSize(Napi::Env env, const char* op, const char* what, size_t got, size_t want) {
+    if (got != want) {
+      throw Napi::RangeError::New(env, std::string(op) + " " + name_ + ": " + what + " is " +
+                                           std::to_string(got) + " bytes, map " + what +
+                                           " size is " + std::to_string(want));
+    }
+  }
+
+  Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+  Napi::Value GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
+  Napi::Value GetClosed(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), fd_ < 0);
+  }
+
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("id", id_);
+    out.Set("type", MapTypeName(type_));
+    out.Set("typeId", type_);
+    out.Set("name", name_);
+    out.Set("keySize", keySize_);
+    out.Set("valueSize", valueSize_);
+    out.Set("userValueSize", userValueSize_);
+    out.Set("possibleCpus", possibleCpus_);
+    out.Set("maxEntries", maxEntries_);
+    out.Set("flags", flags_);
+    return out;
+  }
+
+  Napi::Value Lookup(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_lookup");
+    auto key = ArgBuffer(info, 0, "key");
+    CheckSize(env, "map_lookup", "key", key.Length(), keySize_);
+    Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, userValueSize_);
+    if (bpf_map_lookup_elem(fd_, key.Data(), value.Data()) != 0) {
+      int err = errno;
+      if (err == ENOENT) return env.Null();
+      throw BpfError(env, "map_lookup", name_, err);
+    }
+    return value;
+  }
+
+  Napi::Value Update(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_update");
+    auto key = ArgBuffer(info, 0, "key");
+    auto value = ArgBuffer(info, 1, "value");
+    uint64_t flags = 0;
+    if (info.Length() > 2 && !info[2].IsUndefined()) {
+      if (!info[2].IsNumber()) throw Napi::TypeError::New(env, "flags must be a number");
+      flags = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+    }
+    CheckSize(env, "map_update", "key", key.Length(), keySize_);
+    CheckSize(env, "map_update", "value", value.Length(), userValueSize_);
+    if (bpf_map_update_elem(fd_, key.Data(), value.Data(), flags) != 0) {
+      throw BpfError(env, "map_update", name_, errno);
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value Delete(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_delete");
+    auto key = ArgBuffer(info, 0, "key");
+    CheckSize(env, "map_delete", "key", key.Length(), keySize_);
+    if (bpf_map_delete_elem(fd_, key.Data()) != 0) {
+      int err = errno;
+      if (err == ENOENT) return Napi::Boolean::New(env, false);
+      throw BpfError(env, "map_delete", name_, err);
+    }
+    return Napi::Boolean::New(env, true);
+  }
+
+  // nextKey(key | null) -> Buffer | null (null once iteration is done).
+  Napi::Value NextKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_next_key");
+    const void* prev = nullptr;
+    if (info.Length() > 0 && !info[0].IsNull() && !info[0].IsUndefined()) {
+      auto key = ArgBuffer(info, 0, "key");
+      CheckSize(env, "map_next_key", "key", key.Length(), keySize_);
+      prev = key.Data();
+    }
+    Napi::Buffer<uint8_t> next = Napi::Buffer<uint8_t>::New(env, keySize_);
+    if (bpf_map_get_next_key(fd_, prev, next.Data()) != 0) {
+      int err = errno;
+      if (err == ENOENT) return env.Null();
+      throw BpfError(env, "map_next_key", name_, err);
+    }
+    return next;
+  }
+
+  // keys() -> Buffer[]; bounded so concurrent deletes (which restart hash iteration) cannot
+  // make it loop forever.
+  Napi::Value Keys(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_next_key");
+    std::vector<uint8_t> cur(keySize_), next(keySize_);
+    Napi::Array out = Napi::Array::New(env);
+    const uint64_t limit = static_cast<uint64_t>(maxEntries_) * 2 + 16;
+    const void* prev = nullptr;
+    uint32_t n = 0;
+    while (n < limit) {
+      if (bpf_map_get_next_key(fd_, prev, next.data()) != 0) {
+        int err = errno;
+        if (err == ENOENT) break;
+        throw BpfError(env, "map_next_key", name_, err);
+      }
+      out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, next.data(), next.size()));
+      cur.swap(next);
+      prev = cur.data();
+    }
+    return out;
+  }
+
+  // updateBatch(keys, values, count, flags?) -> { count, batched }
+  Napi::Value UpdateBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_update_batch");
+    auto keys = ArgBuffer(info, 0, "keys");
+    auto values = ArgBuffer(info, 1, "values");
+    if (info.Length() < 3 || !info[2].IsNumber()) throw Napi::TypeError::New(env, "count must be a number");
+    int64_t count64 = info[2].As<Napi::Number>().Int64Value();
+    if (count64 < 0 || count64 > UINT32_MAX) throw Napi::RangeError::New(env, "count must be in 0..2^32-1");
+    uint32_t count = static_cast<uint32_t>(count64);
+    uint64_t flags = 0;
+    if (info.Length() > 3 && !info[3].IsUndefined()) {
+      if (!info[3].IsNumber()) throw Napi::TypeError::New(env, "flags must be a number");
+      flags = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
+    }
+    CheckSize(env, "map_update_batch", "keys", keys.Length(), static_cast<size_t>(keySize_) * count);
+    CheckSize(env, "map_update_batch", "values", values.Length(),
+              static_cast<size_t>(userValueSize_) * count);
+    Napi::Object out = Napi::Object::New(env);
+    if (count == 0) {
+      out.Set("count", 0);
+      out.Set("batched", batchSupport_ != kNo);
+      return out;
+    }
+    if (batchSupport_ != kNo) {
+      LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags, .flags = 0);
+      uint32_t done = count;
+      int rc = bpf_map_update_batch(fd_, keys.Data(), values.Data(), &done, &opts);
+      if (rc == 0) {
+        batchSupport_ = kYes;
+        out.Set("count", count);
+        out.Set("batched", true);
+        return out;
+      }
+      int err = errno;
+      // Map types without a batch op (LPM trie, ...) answer ENOTSUPP/EOPNOTSUPP before touching
+      // any element; anything else is a real failure after `done` elements.
+      if (!(batchSupport_ == kUnknown && (err == kEnotsupp || err == EOPNOTSUPP))) {
+        Napi::Error error = BpfError(env, "map_update_batch", name_, err);
+        if (err != EFAULT) error.Set("count", static_cast<double>(done));
+        throw error;
+      }
+      batchSupport_ = kNo;
+    }
+    const uint8_t* k = keys.Data();
+    const uint8_t* v = values.Data();
+    for (uint32_t i = 0; i < count; i++) {
+      if (bpf_map_update_elem(fd_, k + static_cast<size_t>(i) * keySize_,
+                              v + static_cast<size_t>(i) * userValueSize_, flags) != 0) {
+        Napi::Error error = BpfError(env, "map_update_batch", name_, errno);
+        error.Set("count", static_cast<double>(i));
+        throw error;
+      }
+    }
+    out.Set("count", count);
+    out.Set("batched", false);
+    return out;
+  }
+
+  Napi::Value Pin(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "obj_pin");
+    std::string path = ArgString(info, 0, "path");
+    if (bpf_obj_pin(fd_, path.c_str()) != 0) throw BpfError(env, "obj_pin", path, errno);
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    CloseFd();
+    return info.Env().Undefined();
+  }
+
+  enum BatchSupport { kUnknown, kYes, kNo };
+
+  napi_env env_ = nullptr;
+  int fd_ = -1;
+  uint32_t type_ = 0, id_ = 0, keySize_ = 0, valueSize_ = 0, maxEntries_ = 0, flags_ = 0;
+  uint32_t userValueSize_ = 0, possibleCpus_ = 1;
+  std::string name_;
+  BatchSupport batchSupport_ = kUnknown;
+};
+
+}  // namespace
+
+Napi::Object NewBpfMapFromFd(Napi::Env env, int fd) {
+  int owned = fd;
+  return GetAddonData(env)->bpfMapCtor.New({Napi::External<int>::New(env, &owned)});
+}
+
+void InitBpfMap(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = BpfMap::Define(env);
+  GetAddonData(env)->bpfMapCtor = Napi::Persistent(ctor);
+  exports.Set("BpfMap", ctor);
+}
+
+}  // namespace meshctl
