@@ -1,0 +1,168 @@
+/** Parsing and validating the Kubernetes YAML that `lab apply` and `lab remove` take. */
+import YAML from 'yaml';
+import { z } from 'zod';
+import { isKind, RESOURCES, type Kind, type KubeObject } from '../cluster/types.js';
+import { ValidationError } from '../util/errors.js';
+
+const DNS_LABEL = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/;
+
+const Labels = z.record(z.string());
+const LabelSelector = z
+  .object({
+    matchLabels: Labels.optional(),
+    matchExpressions: z
+      .array(z.object({ key: z.string(), operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']), values: z.array(z.string()).optional() }))
+      .optional(),
+  })
+  .passthrough();
+const ContainerPort = z.object({ containerPort: z.number().int().min(1).max(65535), protocol: z.enum(['TCP', 'UDP', 'SCTP']).optional(), name: z.string().optional() }).passthrough();
+const Container = z.object({ name: z.string().min(1), image: z.string().min(1), ports: z.array(ContainerPort).optional() }).passthrough();
+const PodSpec = z.object({ containers: z.array(Container).min(1), nodeName: z.string().optional() }).passthrough();
+const PolicyPort = z.object({ port: z.union([z.number().int().min(1).max(65535), z.string()]).optional(), protocol: z.enum(['TCP', 'UDP', 'SCTP', 'ANY']).optional() }).passthrough();
+
+const specSchemas: Record<Kind, z.ZodTypeAny> = {
+  Namespace: z.any().optional(),
+  Node: z.never(),
+  MeshNodeStatus: z.never(),
+  MeshClusterConfig: z.never(),
+  Pod: PodSpec,
+  Deployment: z
+    .object({
+      replicas: z.number().int().min(0).max(100).optional(),
+      selector: LabelSelector,
+      template: z.object({ metadata: z.object({ labels: Labels.optional() }).passthrough(), spec: PodSpec }).passthrough(),
+    })
+    .passthrough(),
+  Service: z
+    .object({
+      type: z.enum(['ClusterIP']).optional(),
+      selector: Labels.optional(),
+      ports: z
+        .array(
+          z.object({
+            port: z.number().int().min(1).max(65535),
+            targetPort: z.union([z.number().int().min(1).max(65535), z.string()]).optional(),
+            protocol: z.enum(['TCP', 'UDP']).optional(),
+            name: z.string().optional(),
+          }).passthrough(),
+        )
+        .min(1),
+    })
+    .passthrough(),
+  NetworkPolicy: z
+    .object({
+      podSelector: LabelSelector,
+      policyTypes: z.array(z.enum(['Ingress', 'Egress'])).optional(),
+      ingress: z.array(z.object({ from: z.array(z.any()).optional(), ports: z.array(PolicyPort).optional() }).passthrough()).optional(),
+      egress: z.array(z.object({ to: z.array(z.any()).optional(), ports: z.array(PolicyPort).optional() }).passthrough()).optional(),
+    })
+    .passthrough(),
+  MeshNetworkPolicy: z
+    .object({
+      endpointSelector: LabelSelector,
+      ingress: z.array(z.object({ fromEndpoints: z.array(LabelSelector).optional(), toPorts: z.array(z.any()).optional() }).passthrough()).optional(),
+      egress: z.array(z.object({ toEndpoints: z.array(LabelSelector).optional(), toPorts: z.array(z.any()).optional() }).passthrough()).optional(),
+    })
+    .passthrough(),
+};
+
+/** Kinds a user may apply. */
+export const APPLICABLE_KINDS: readonly Kind[] = ['Namespace', 'Pod', 'Deployment', 'Service', 'NetworkPolicy', 'MeshNetworkPolicy'];
+
+export interface Manifest {
+  readonly kind: Kind;
+  readonly resource: string;
+  readonly namespace: string | undefined;
+  readonly name: string;
+  readonly object: KubeObject;
+  readonly where: string;
+}
+
+/** Parse a YAML stream into validated manifests; the first problem is one ValidationError line. */
+export function parseManifests(text: string, file: string): Manifest[] {
+  const docs = YAML.parseAllDocuments(text);
+  const out: Manifest[] = [];
+  let index = 0;
+  for (const doc of docs) {
+    index++;
+    const where = `${file} (document ${index})`;
+    if (doc.errors.length > 0) {
+      const e = doc.errors[0];
+      const line = e.linePos?.[0] ? ` at line ${e.linePos[0].line}` : '';
+      throw new ValidationError('yaml', 'syntax', `invalid YAML in ${file}${line}: ${e.message.split('\n')[0]}`);
+    }
+    const raw: unknown = doc.toJS();
+    if (raw === null || raw === undefined) continue;
+    if (typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new ValidationError('yaml', 'object', `invalid manifest in ${where}: expected a mapping with apiVersion, kind and metadata`);
+    }
+    const o = raw as Record<string, unknown>;
+    const kind = o.kind;
+    if (typeof kind !== 'string' || typeof o.apiVersion !== 'string') {
+      throw new ValidationError('manifest', 'kind', `invalid manifest in ${where}: apiVersion and kind are required`);
+    }
+    if (!isKind(kind) || !APPLICABLE_KINDS.includes(kind)) {
+      throw new ValidationError('kind', 'supported', `unsupported kind "${kind}" in ${where}: supported kinds are ${APPLICABLE_KINDS.join(', ')}`);
+    }
+    const meta = o.metadata as Record<string, unknown> | undefined;
+    const name = meta?.name;
+    if (typeof name !== 'string' || name.length === 0) {
+      throw new ValidationError('metadata.name', 'required', `invalid ${kind} in ${where}: metadata.name is required`);
+    }
+    const nameRule = kind === 'Namespace' ? DNS_LABEL : DNS_SUBDOMAIN;
+    const maxLen = kind === 'Namespace' ? 63 : 253;
+    if (!nameRule.test(name) || name.length > maxLen) {
+      throw new ValidationError('metadata.name', 'dns', `invalid ${kind} name "${name}" in ${where}: must be lowercase a-z, 0-9 and '-' (at most ${maxLen} characters)`);
+    }
+    const namespaced = RESOURCES[kind].namespaced;
+    let namespace: string | undefined;
+    if (namespaced) {
+      namespace = typeof meta?.namespace === 'string' ? meta.namespace : 'default';
+      if (!DNS_LABEL.test(namespace) || namespace.length > 63) {
+        throw new ValidationError('metadata.namespace', 'dns', `invalid namespace "${namespace}" of ${kind} ${name} in ${where}`);
+      }
+    }
+    if (meta?.labels !== undefined && !Labels.safeParse(meta.labels).success) {
+      throw new ValidationError('metadata.labels', 'strings', `invalid labels of ${kind} ${name} in ${where}: values must be strings`);
+    }
+    if (kind !== 'Namespace') {
+      const parsed = specSchemas[kind].safeParse(o.spec);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        const path = ['spec', ...issue.path].join('.');
+        throw new ValidationError(path, 'schema', `invalid ${kind} ${name} in ${where}: ${path}: ${issue.message}`);
+      }
+    }
+    if (kind === 'Deployment') {
+      const spec = o.spec as { selector: { matchLabels?: Record<string, string> }; template: { metadata: { labels?: Record<string, string> } } };
+      const tl = spec.template.metadata.labels ?? {};
+      for (const [k, v] of Object.entries(spec.selector.matchLabels ?? {})) {
+        if (tl[k] !== v) {
+          throw new ValidationError('spec.selector', 'match', `invalid Deployment ${name} in ${where}: selector ${k}=${v} does not match the template's labels`);
+        }
+      }
+    }
+    const object: KubeObject = {
+      ...(o as KubeObject),
+      metadata: { ...(meta as KubeObject['metadata']), name, ...(namespace ? { namespace } : {}) },
+    };
+    out.push({ kind, resource: RESOURCES[kind].resource, namespace, name, object, where });
+  }
+  return out;
+}
+
+/** Does a label set match a selector (matchLabels and matchExpressions)? */
+export function selectorMatches(sel: z.infer<typeof LabelSelector> | undefined, labels: Record<string, string>): boolean {
+  if (!sel) return true;
+  for (const [k, v] of Object.entries(sel.matchLabels ?? {})) if (labels[k] !== v) return false;
+  for (const e of sel.matchExpressions ?? []) {
+    const has = Object.prototype.hasOwnProperty.call(labels, e.key);
+    const vals = e.values ?? [];
+    if (e.operator === 'In' && !(has && vals.includes(labels[e.key]))) return false;
+    if (e.operator === 'NotIn' && has && vals.includes(labels[e.key])) return false;
+    if (e.operator === 'Exists' && !has) return false;
+    if (e.operator === 'DoesNotExist' && has) return false;
+  }
+  return true;
+}
