@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lb.h: ClusterIP load balancing for TCP and UDP.
+ *
+ *   mesh_services {vip, port, proto} -> {count, rev_nat_id}
+ *   mesh_backends {rev_nat_id, slot 1..count} -> {ip, port}
+ *   mesh_revnat   {rev_nat_id} -> {vip, port}
+ *
+ * A pod's first packet to a VIP picks a backend at random and records the
+ * choice in a SERVICE conntrack entry (tuple before DNAT), so the rest of
+ * the connection sticks to it. The egress conntrack entry of the
+ * translated tuple carries rev_nat_id; replies matching it get their
+ * source rewritten back to the VIP before they reach the pod.
+ */
+#ifndef MESH_LB_H
+#define MESH_LB_H
+
+#include "common.h"
+#include "packet.h"
+#include "conntrack.h"
+
+static __always_inline const struct mesh_service_info *lb_lookup_service(const struct mesh_pkt *p)
+{
+	struct mesh_service_key key = { .vip = p->daddr, .dport = p->dport, .proto = p->proto };
+
+	if (!p->has_ports)
+		return NULL;
+	return bpf_map_lookup_elem(&mesh_services, &key);
+}
+
+/* Picks a backend slot in 1..count. Returns the backend or NULL. */
+static __always_inline const struct mesh_backend_info *
+lb_select_backend(const struct mesh_service_info *svc)
+{
+	struct mesh_backend_key key = { .rev_nat_id = svc->rev_nat_id };
+	__u32 count = svc->count;
+
+	if (count == 0 || count > MESH_MAX_SERVICE_BACKENDS)
+		return NULL;
+	key.slot = (__u16)(bpf_get_prandom_u32() % count) + 1;
+	return bpf_map_lookup_elem(&mesh_backends, &key);
+}
+
+/*
+ * If `p` goes to a service VIP, translates it to a backend (rewriting the
+ * packet and `p`) and sets *rev_nat_id. Returns 0 (also when no service
+ * matched) or a drop reason.
+ */
+static __always_inline int lb_translate_service(struct __sk_buff *skb, struct mesh_pkt *p,
+						__u16 *rev_nat_id)
+{
+	const struct mesh_service_info *svc;
+	const struct mesh_backend_info *be;
+	struct mesh_ct_entry *sct;
+	__u32 backend_ip;
+	__u16 backend_port;
+	int ret;
+
+	*rev_nat_id = 0;
+	svc = lb_lookup_service(p);
+	if (!svc)
+		return 0;
+	if (svc->count == 0)
+		return MESH_DROP_NO_BACKEND;
+
+	sct = ct_lookup_service(p);
+	if (sct) {
+		backend_ip = sct->backend_ip;
+		backend_port = sct->backend_port;
+	} else {
+		be = lb_select_backend(svc);
+		if (!be)
+			return MESH_DROP_BACKEND_INVALID;
+		backend_ip = be->ip4;
+		backend_port = be->port ? be->port : p->dport;
+		ct_create_service(p, backend_ip, backend_port, svc->rev_nat_id);
+	}
+	*rev_nat_id = svc->rev_nat_id;
+
+	ret = pkt_rewrite_addr(skb, p, MESH_IP_DADDR_OFF, p->daddr, backend_ip);
+	if (ret)
+		return ret;
+	ret = pkt_rewrite_port(skb, p, 1, p->dport, backend_port);
+	if (ret)
+		return ret;
+	p->daddr = backend_ip;
+	p->dport = backend_port;
+	return 0;
+}
+
+/*
+ * A reply of a translated connection (`entry` is the opener's egress
+ * entry): rewrite its source back to the VIP the pod talked to.
+ */
+static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct mesh_pkt *p, __u16 rev_nat_id)
+{
+	struct mesh_revnat_key key = { .rev_nat_id = rev_nat_id };
+	const struct mesh_revnat_info *rn;
+	int ret;
+
+	rn = bpf_map_lookup_elem(&mesh_revnat, &key);
+	if (!rn)
+		return MESH_DROP_CT_INVALID;
+	ret = pkt_rewrite_addr(skb, p, MESH_IP_SADDR_OFF, p->saddr, rn->vip);
+	if (ret)
+		return ret;
+	ret = pkt_rewrite_port(skb, p, 0, p->sport, rn->port);
+	if (ret)
+		return ret;
+	p->saddr = rn->vip;
+	p->sport = rn->port;
+	return 0;
+}
+
+#endif /* MESH_LB_H */
