@@ -257,7 +257,7 @@ class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
     return out;
   }
 
-  // updateBatch(keys, values, count, flags?) -> { count, batched }
+  // updateBatch(keys, values, count, flags?, method?: 'auto' | 'loop') -> { count, batched }
   Napi::Value UpdateBatch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     RequireOpen(env, "map_update_batch");
@@ -272,16 +272,28 @@ class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
       if (!info[3].IsNumber()) throw Napi::TypeError::New(env, "flags must be a number");
       flags = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
     }
+    bool loopOnly = false;
+    if (info.Length() > 4 && !info[4].IsUndefined()) {
+      std::string method = ArgString(info, 4, "method");
+      if (method == "loop") {
+        loopOnly = true;
+      } else if (method != "auto") {
+        throw Napi::TypeError::New(env, "method must be 'auto' or 'loop'");
+      }
+    }
     CheckSize(env, "map_update_batch", "keys", keys.Length(), static_cast<size_t>(keySize_) * count);
     CheckSize(env, "map_update_batch", "values", values.Length(),
               static_cast<size_t>(userValueSize_) * count);
     Napi::Object out = Napi::Object::New(env);
     if (count == 0) {
       out.Set("count", 0);
-      out.Set("batched", batchSupport_ != kNo);
+      out.Set("batched", false);
       return out;
     }
-    if (batchSupport_ != kNo) {
+    // The kernel's batch update takes no per-element flag but BPF_F_LOCK (EINVAL otherwise), so
+    // NOEXIST/EXIST semantics need the loop.
+    if ((flags & ~static_cast<uint64_t>(BPF_F_LOCK)) != 0) loopOnly = true;
+    if (!loopOnly && batchSupport_ != kNo) {
       LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags, .flags = 0);
       uint32_t done = count;
       int rc = bpf_map_update_batch(fd_, keys.Data(), values.Data(), &done, &opts);
@@ -296,7 +308,8 @@ class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
       // any element; anything else is a real failure after `done` elements.
       if (!(batchSupport_ == kUnknown && (err == kEnotsupp || err == EOPNOTSUPP))) {
         Napi::Error error = BpfError(env, "map_update_batch", name_, err);
-        if (err != EFAULT) error.Set("count", static_cast<double>(done));
+        // count is only meaningful when the kernel moved it (it stays untouched on early EINVAL).
+        if (err != EFAULT && done < count) error.Set("count", static_cast<double>(done));
         throw error;
       }
       batchSupport_ = kNo;

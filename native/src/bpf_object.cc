@@ -68,11 +68,12 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
  private:
   class LoadWorker : public Napi::AsyncWorker {
    public:
-    LoadWorker(Napi::Env env, std::string path, std::string pinRoot, uint32_t logSize,
-               uint32_t logLevel)
+    LoadWorker(Napi::Env env, std::string path, std::string objectName, std::string pinRoot,
+               uint32_t logSize, uint32_t logLevel)
         : Napi::AsyncWorker(env, "meshctl:bpf_object_load"),
           deferred_(Napi::Promise::Deferred::New(env)),
           path_(std::move(path)),
+          objectName_(std::move(objectName)),
           pinRoot_(std::move(pinRoot)),
           logSize_(logSize),
           logLevel_(logLevel) {}
@@ -88,6 +89,7 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
       LibbpfLogCapture capture;
       std::vector<char> log(logSize_, '\0');
       LIBBPF_OPTS(bpf_object_open_opts, opts);
+      opts.object_name = objectName_.empty() ? nullptr : objectName_.c_str();
       opts.pin_root_path = pinRoot_.empty() ? nullptr : pinRoot_.c_str();
       opts.kernel_log_buf = log.data();
       opts.kernel_log_size = log.size();
@@ -142,21 +144,22 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
 
    private:
     Napi::Promise::Deferred deferred_;
-    std::string path_, pinRoot_;
+    std::string path_, objectName_, pinRoot_;
     uint32_t logSize_, logLevel_;
     struct bpf_object* obj_ = nullptr;
     int err_ = 0;
     std::string op_, verifierLog_, libbpfLog_;
   };
 
-  // load(path, { pinRoot?, logSize?, logLevel? }) -> Promise<BpfObject>
+  // load(path, { name?, pinRoot?, logSize?, logLevel? }) -> Promise<BpfObject>
   static Napi::Value Load(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::string path = ArgString(info, 0, "path");
-    std::string pinRoot;
+    std::string pinRoot, objectName;
     uint32_t logSize = kDefaultLogSize, logLevel = 0;
     if (info.Length() > 1 && info[1].IsObject()) {
       Napi::Object options = info[1].As<Napi::Object>();
+      objectName = OptString(options, "name", "");
       pinRoot = OptString(options, "pinRoot", "");
       logSize = OptUint32(options, "logSize", kDefaultLogSize);
       logLevel = OptUint32(options, "logLevel", 0);
@@ -164,7 +167,7 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
     if (logSize < kMinLogSize || logSize > kMaxLogSize) {
       throw Napi::RangeError::New(env, "logSize must be between 4096 and 268435456 bytes");
     }
-    auto* worker = new LoadWorker(env, path, pinRoot, logSize, logLevel);
+    auto* worker = new LoadWorker(env, path, objectName, pinRoot, logSize, logLevel);
     Napi::Promise promise = worker->Promise();
     worker->Queue();
     return promise;

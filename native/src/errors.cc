@@ -73,7 +73,7 @@ int PrintFromLibbpf(enum libbpf_print_level level, const char* format, va_list a
   if (tlsCapture != nullptr) {
     AppendLibbpfLog(line);
   } else if (level == LIBBPF_WARN || debug) {
-    fprintf(stderr, "libbpf: %s", line);
+    fputs(line, stderr);  // libbpf's format strings carry their own "libbpf: " prefix
   }
   return n;
 }

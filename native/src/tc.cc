@@ -99,6 +99,21 @@ void ResolveIfindex(Napi::Env env, const char* op, TcTarget& target) {
   target.ifindex = static_cast<int>(index);
 }
 
+// libbpf prints netlink extack text as "Kernel error message: <text>"; the last one explains.
+Napi::Error TcError(Napi::Env env, const std::string& op, const std::string& subject, int err,
+                    const LibbpfLogCapture& capture) {
+  const std::string marker = "Kernel error message: ";
+  const std::string& log = capture.text();
+  size_t at = log.rfind(marker);
+  std::string reason = ErrnoText(err);
+  if (at != std::string::npos) {
+    size_t start = at + marker.size();
+    size_t end = log.find('\n', start);
+    reason += " (kernel: " + log.substr(start, end == std::string::npos ? std::string::npos : end - start) + ")";
+  }
+  return BpfErrorWithReason(env, op, subject, err, reason);
+}
+
 std::string Subject(const TcTarget& target) {
   std::string where = target.ifname.empty() ? "ifindex " + std::to_string(target.ifindex) : target.ifname;
   if (!target.netns.empty()) where += " in netns " + target.netns;
@@ -135,15 +150,16 @@ Napi::Value AttachTc(const Napi::CallbackInfo& info) {
   }
 
   NetnsGuard guard(env, target.netns);
+  LibbpfLogCapture capture;  // expected netlink complaints (EEXIST, ENOENT) stay quiet
   ResolveIfindex(env, "tc_attach", target);
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = target.ifindex,
               .attach_point = static_cast<enum bpf_tc_attach_point>(target.attachPoint));
   int rc = bpf_tc_hook_create(&hook);
-  if (rc != 0 && rc != -EEXIST) throw BpfError(env, "tc_hook_create", Subject(target), rc);
+  if (rc != 0 && rc != -EEXIST) throw TcError(env, "tc_hook_create", Subject(target), rc, capture);
   LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = progFd, .flags = replace ? static_cast<__u32>(BPF_TC_F_REPLACE) : 0u,
               .handle = target.handle, .priority = target.priority);
   rc = bpf_tc_attach(&hook, &opts);
-  if (rc != 0) throw BpfError(env, "tc_attach", Subject(target), rc);
+  if (rc != 0) throw TcError(env, "tc_attach", Subject(target), rc, capture);
   return Describe(env, target, opts);
 }
 
@@ -153,6 +169,7 @@ Napi::Value DetachTc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TcTarget target = ParseTarget(env, OptionsArg(info), false, 1);
   NetnsGuard guard(env, target.netns);
+  LibbpfLogCapture capture;  // expected netlink complaints (EEXIST, ENOENT) stay quiet
   ResolveIfindex(env, "tc_detach", target);
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = target.ifindex,
               .attach_point = static_cast<enum bpf_tc_attach_point>(target.attachPoint));
@@ -162,7 +179,7 @@ Napi::Value DetachTc(const Napi::CallbackInfo& info) {
     // EINVAL: the clsact qdisc itself is missing, so nothing can be attached.
     return Napi::Boolean::New(env, false);
   }
-  if (rc != 0) throw BpfError(env, "tc_detach", Subject(target), rc);
+  if (rc != 0) throw TcError(env, "tc_detach", Subject(target), rc, capture);
   return Napi::Boolean::New(env, true);
 }
 
@@ -171,13 +188,14 @@ Napi::Value QueryTc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TcTarget target = ParseTarget(env, OptionsArg(info), false, 1);
   NetnsGuard guard(env, target.netns);
+  LibbpfLogCapture capture;  // expected netlink complaints (EEXIST, ENOENT) stay quiet
   ResolveIfindex(env, "tc_query", target);
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = target.ifindex,
               .attach_point = static_cast<enum bpf_tc_attach_point>(target.attachPoint));
   LIBBPF_OPTS(bpf_tc_opts, opts, .handle = target.handle, .priority = target.priority);
   int rc = bpf_tc_query(&hook, &opts);
   if (rc == -ENOENT || rc == -EINVAL) return env.Null();
-  if (rc != 0) throw BpfError(env, "tc_query", Subject(target), rc);
+  if (rc != 0) throw TcError(env, "tc_query", Subject(target), rc, capture);
   return Describe(env, target, opts);
 }
 
@@ -187,12 +205,13 @@ Napi::Value DestroyTcHook(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TcTarget target = ParseTarget(env, OptionsArg(info), true, 0);
   NetnsGuard guard(env, target.netns);
+  LibbpfLogCapture capture;  // expected netlink complaints (EEXIST, ENOENT) stay quiet
   ResolveIfindex(env, "tc_hook_destroy", target);
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = target.ifindex,
               .attach_point = static_cast<enum bpf_tc_attach_point>(target.attachPoint));
   int rc = bpf_tc_hook_destroy(&hook);
   if (rc == -ENOENT || rc == -EINVAL) return Napi::Boolean::New(env, false);
-  if (rc != 0) throw BpfError(env, "tc_hook_destroy", Subject(target), rc);
+  if (rc != 0) throw TcError(env, "tc_hook_destroy", Subject(target), rc, capture);
   return Napi::Boolean::New(env, true);
 }
 
@@ -203,6 +222,7 @@ Napi::Value Ifindex(const Napi::CallbackInfo& info) {
   target.ifname = ArgString(info, 0, "ifname");
   if (info.Length() > 1 && info[1].IsString()) target.netns = info[1].As<Napi::String>().Utf8Value();
   NetnsGuard guard(env, target.netns);
+  LibbpfLogCapture capture;  // expected netlink complaints (EEXIST, ENOENT) stay quiet
   ResolveIfindex(env, "ifindex", target);
   return Napi::Number::New(env, target.ifindex);
 }

@@ -61,7 +61,7 @@ interface NativeBpfMap {
   delete(key: Buffer): boolean;
   nextKey(key: Buffer | null): Buffer | null;
   keys(): Buffer[];
-  updateBatch(keys: Buffer, values: Buffer, count: number, flags?: number): BatchUpdateResult;
+  updateBatch(keys: Buffer, values: Buffer, count: number, flags: number, method: 'auto' | 'loop'): BatchUpdateResult;
   pin(path: string): void;
   close(): void;
 }
@@ -83,10 +83,17 @@ interface NativeTcTarget {
   handle?: number;
 }
 
+interface NativeLoadOptions {
+  name?: string;
+  pinRoot?: string;
+  logSize?: number;
+  logLevel?: number;
+}
+
 interface NativeAddon {
   readonly libbpfVersion: string;
   readonly possibleCpus: number;
-  BpfObject: { load(path: string, options: { pinRoot?: string; logSize?: number; logLevel?: number }): Promise<NativeBpfObject> };
+  BpfObject: { load(path: string, options: NativeLoadOptions): Promise<NativeBpfObject> };
   BpfMap: { openPinned(path: string): NativeBpfMap };
   RingBuffer: new (mapFd: number, onRecord: (record: Buffer) => void) => NativeRingBuffer;
   attachTc(options: NativeTcTarget & { programFd: number; replace?: boolean }): TcAttachment;
@@ -167,6 +174,11 @@ export function possibleCpus(): number {
 
 export interface LoadOptions {
   /**
+   * Object name (libbpf prefixes the names of .data/.rodata/.bss maps with it). Default: the
+   * file's base name up to its first dot.
+   */
+  readonly name?: string;
+  /**
    * bpffs directory for maps declared with `__uint(pinning, LIBBPF_PIN_BY_NAME)`: a map already
    * pinned there (same type, key, value, size and flags) is reused with its contents; otherwise
    * it is created and pinned there. Created (mkdir -p) when missing. Default: libbpf's
@@ -222,7 +234,8 @@ export class BpfObject {
   static async load(path: string, options: LoadOptions = {}): Promise<BpfObject> {
     const native = loadAddon();
     if (options.pinRoot !== undefined) mkdirSync(options.pinRoot, { recursive: true });
-    const nativeOptions: { pinRoot?: string; logSize?: number; logLevel?: number } = {};
+    const nativeOptions: NativeLoadOptions = {};
+    if (options.name !== undefined) nativeOptions.name = options.name;
     if (options.pinRoot !== undefined) nativeOptions.pinRoot = options.pinRoot;
     if (options.logSize !== undefined) nativeOptions.logSize = options.logSize;
     if (options.logLevel !== undefined) nativeOptions.logLevel = options.logLevel;
@@ -233,7 +246,7 @@ export class BpfObject {
     }
   }
 
-  /** Object name (the file's base name without extension). */
+  /** Object name ({@link LoadOptions.name}). */
   get name(): string {
     return this.#native.name;
   }
@@ -300,10 +313,20 @@ export const MapUpdateFlags = {
   LOCK: 4,
 } as const;
 
+export interface UpdateBatchOptions {
+  /** Per-element {@link MapUpdateFlags}. Default ANY. */
+  readonly flags?: number;
+  /** 'auto' (default): one batch syscall where the map type has it; 'loop': one syscall per element, in native code. */
+  readonly method?: 'auto' | 'loop';
+}
+
 export interface BatchUpdateResult {
   /** Elements written. */
   readonly count: number;
-  /** True when one BPF_MAP_UPDATE_BATCH call did it; false when the map type has no batch op (LPM trie, …) and elements were written one by one. */
+  /**
+   * True when one BPF_MAP_UPDATE_BATCH call did it; false when elements were written one by one
+   * (method 'loop', or a map type without a batch op: LPM tries before Linux 6.x, …).
+   */
   readonly batched: boolean;
 }
 
@@ -382,12 +405,14 @@ export class BpfMap {
 
   /**
    * Writes `count` elements: `keys` holds count × keySize bytes, `values` count × userValueSize
-   * bytes, both packed. Uses BPF_MAP_UPDATE_BATCH (kernel 5.6+) and falls back to one update per
-   * element for map types without a batch op. On failure the BpfError's `count` says how many
-   * elements were written before it.
+   * bytes, both packed. Uses BPF_MAP_UPDATE_BATCH (kernel 5.6+; the map type must implement it)
+   * and falls back to one update syscall per element otherwise. Not atomic: on failure the
+   * BpfError's `count` says how many elements were written before it.
    */
-  updateBatch(keys: Buffer, values: Buffer, count: number, flags: number = MapUpdateFlags.ANY): BatchUpdateResult {
-    return call(() => this.#native.updateBatch(keys, values, count, flags));
+  updateBatch(keys: Buffer, values: Buffer, count: number, options: UpdateBatchOptions = {}): BatchUpdateResult {
+    return call(() =>
+      this.#native.updateBatch(keys, values, count, options.flags ?? MapUpdateFlags.ANY, options.method ?? 'auto'),
+    );
   }
 
   /** Pins the map at `path` in bpffs (the parent directory must exist). */

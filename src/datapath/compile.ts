@@ -3,7 +3,7 @@
  *
  * Cache layout in `cacheDir`:
  *   <key>.json          manifest: every file clang read for that key, with its sha256
- *   <key>-<deps>.o      the object; <deps> hashes the manifest, so a path once returned never
+ *   <stem>.<key>-<deps>.o  the object; <deps> hashes the manifest, so a path once returned never
  *                       changes content (a loaded object's file is never rewritten under it)
  * `key` hashes the compiler's version, the flags, the source and every file in the include
  * dirs. The manifest then catches changes to anything else the source included (headers next
@@ -13,7 +13,7 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
 import { CompileError } from './errors.js';
@@ -227,7 +227,9 @@ export async function compileBpfDetailed(options: CompileBpfOptions): Promise<Co
     for (const dep of parseDepFile(await readFile(`${tmp}.d`, 'utf8'), dirname(source))) {
       deps.push([dep, (await hashFile(dep)) ?? '']);
     }
-    const object = `${key}-${sha256(JSON.stringify(deps)).slice(0, 16)}.o`;
+    // The stem first: libbpf names the object after the file's base name up to its first dot.
+    const stem = basename(source).split('.')[0] || 'bpf';
+    const object = `${stem}.${key}-${sha256(JSON.stringify(deps)).slice(0, 16)}.o`;
     await rename(`${tmp}.o`, join(cacheDir, object));
     const next: Manifest = { format: CACHE_FORMAT, object, deps };
     await writeFile(`${tmp}.json`, JSON.stringify(next, null, 1));

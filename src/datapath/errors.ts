@@ -128,9 +128,13 @@ interface NativeErrorShape {
   count?: number;
 }
 
+// Duck-typed, not `instanceof Error`: the addon creates its errors in the main realm, which is
+// not the realm of code running in a vm context (Jest tests).
 function isNativeError(err: unknown): err is Error & NativeErrorShape {
   return (
-    err instanceof Error &&
+    typeof err === 'object' &&
+    err !== null &&
+    typeof (err as Partial<NativeErrorShape>).message === 'string' &&
     typeof (err as Partial<NativeErrorShape>).op === 'string' &&
     typeof (err as Partial<NativeErrorShape>).errno === 'number'
   );

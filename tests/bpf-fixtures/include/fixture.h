@@ -1,11 +1,11 @@
 /* Layout shared by the fixture programs and tests/integration/native-datapath.test.ts.
  *
- *   struct fixture_event (24 bytes, little endian)
- *   0        4          8      12       16       20       22  23
- *   +--------+----------+------+--------+--------+--------+---+---+
- *   | tag    | ifindex  | len  | saddr  | daddr  |identity|eth|ipp|
- *   +--------+----------+------+--------+--------+--------+---+---+
- *   saddr/daddr in network byte order, eth = h_proto (network order, 16 bits)
+ *   struct fixture_event (24 bytes, host byte order unless noted)
+ *   0        4          8        12       16       20         22         24
+ *   +--------+----------+--------+--------+--------+----------+----------+
+ *   | tag    | ifindex  | len    | saddr  | daddr  | identity | eth_proto|
+ *   +--------+----------+--------+--------+--------+----------+----------+
+ *   saddr, daddr and eth_proto in network byte order; identity from the LPM map (0: none)
  */
 #ifndef MESHCTL_FIXTURE_H
 #define MESHCTL_FIXTURE_H
