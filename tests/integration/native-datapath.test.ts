@@ -419,6 +419,51 @@ describe('native addon datapath (root, network namespaces, real packets)', () =>
     expect(destroyTcHook({ netns: NS_B, ifname: 'vb' })).toBe(true);
   });
 
+  test('handles left open are released at exit, in a process and in a worker thread', async () => {
+    const openEverything = `
+      const obj = await BpfObject.load(${JSON.stringify(counterObjectPath)}, { pinRoot: ${JSON.stringify(PIN_ROOT)} });
+      const map = obj.map('fixture_count');
+      const ring = RingBuffer.open(obj.map('fixture_events'), () => {});
+    `;
+    const importLine = `import { BpfObject, RingBuffer } from ${JSON.stringify(pathToFileURL(ADDON_MODULE).href)};`;
+    // A process that never calls close(): unref() lets it exit, the cleanup hook joins the thread.
+    const script = `${importLine}\n${openEverything}\nring.unref(); console.log('opened');`;
+    const started = Date.now();
+    expect((await run(process.execPath, ['--input-type=module', '-e', script])).trim()).toBe('opened');
+    expect(Date.now() - started).toBeLessThan(10_000);
+
+    // A worker thread terminated with a ring buffer consumer running and handles open.
+    const workerScript = `
+      import { parentPort } from 'node:worker_threads';
+      ${importLine}
+      ${openEverything}
+      parentPort.postMessage('opened');
+    `;
+    // Run as an ESM data: URL (eval'd worker code would be CommonJS).
+    const workerUrl = `data:text/javascript,${encodeURIComponent(workerScript)}`;
+    const workerMain = `
+      import { Worker } from 'node:worker_threads';
+      const w = new Worker(new URL(${JSON.stringify(workerUrl)}));
+      w.on('error', (e) => { console.log('worker error ' + e.message); process.exit(1); });
+      w.once('message', async () => { console.log('terminated ' + (await w.terminate())); });
+    `;
+    expect((await run(process.execPath, ['--input-type=module', '-e', workerMain])).trim()).toBe('terminated 1');
+  });
+
+  test('ensureBpffs mounts bpffs where it is missing (in a private mount namespace)', async () => {
+    const mountPoint = join(workDir, 'bpffs');
+    const script = `
+      import { ensureBpffs, isBpffs } from ${JSON.stringify(pathToFileURL(ADDON_MODULE).href)};
+      const before = isBpffs(${JSON.stringify(mountPoint)});
+      const first = await ensureBpffs(${JSON.stringify(mountPoint)});
+      const second = await ensureBpffs(${JSON.stringify(mountPoint)});
+      console.log(JSON.stringify([before, first, second, isBpffs(${JSON.stringify(mountPoint)})]));
+    `;
+    const out = await run('unshare', ['--mount', '--propagation', 'private', process.execPath, '--input-type=module', '-e', script]);
+    expect(JSON.parse(out)).toEqual([false, true, false, true]);
+    expect(isBpffs(mountPoint)).toBe(false); // the mount lived and died with that namespace
+  });
+
   test('a verifier rejection is a BpfError with the verifier log', async () => {
     const err = await BpfObject.load(badObjectPath).then(
       () => null,
