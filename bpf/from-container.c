@@ -38,13 +38,10 @@
 
 /* Where the packet leaves to once egress is allowed. */
 static __always_inline int route_to_remote(struct __sk_buff *skb, struct mesh_pkt *p,
+					   const struct mesh_config *cfg,
 					   const struct mesh_ipcache_info *dst)
 {
-	const struct mesh_config *cfg = config_get();
 	int ret;
-
-	if (!cfg)
-		return verdict_drop(skb, p, MESH_DROP_NO_CONFIG);
 
 	p->node_ip = dst->tunnel_ip;
 	if (tunnel_should_encap(cfg, dst->tunnel_ip)) {
@@ -66,6 +63,7 @@ int mesh_from_container(struct __sk_buff *skb)
 {
 	const struct mesh_endpoint_info *src_ep, *dst_ep;
 	const struct mesh_ipcache_info *dst_info = NULL;
+	const struct mesh_config *cfg;
 	struct mesh_ct_entry *entry;
 	struct mesh_pkt p = {};
 	__u16 rev_nat_id = 0;
@@ -87,6 +85,7 @@ int mesh_from_container(struct __sk_buff *skb)
 	if (src_ep->ifindex != p.ifindex)
 		return verdict_drop(skb, &p, MESH_DROP_SOURCE_SPOOFED);
 
+	cfg = config_get();
 	ret = lb_translate_service(skb, &p, &rev_nat_id);
 	if (ret)
 		return verdict_drop(skb, &p, ret);
@@ -107,8 +106,10 @@ int mesh_from_container(struct __sk_buff *skb)
 		ct_create(&p, MESH_DIR_EGRESS, rev_nat_id);
 	}
 
-	if (!dst_ep && (!dst_info || !dst_info->tunnel_ip)) {
-		/* Not a pod of the mesh on another node: the stack routes it. */
+	if (!dst_ep && !ipcache_is_remote(dst_info, cfg)) {
+		/* Not a pod of the mesh on another node (world, a node address,
+		 * or a local address the endpoint map does not know yet): the
+		 * node's stack routes it. */
 		p.path = MESH_PATH_STACK;
 		return verdict_forward(skb, &p, TC_ACT_OK);
 	}
@@ -123,7 +124,9 @@ int mesh_from_container(struct __sk_buff *skb)
 		verdict_forward(skb, &p, TC_ACT_OK);
 		return local_deliver(skb, &p, dst_ep);
 	}
-	return route_to_remote(skb, &p, dst_info);
+	if (!cfg || !dst_info)
+		return verdict_drop(skb, &p, MESH_DROP_NO_CONFIG);
+	return route_to_remote(skb, &p, cfg, dst_info);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -30,4 +30,15 @@ static __always_inline __u32 ipcache_identity_of(__u32 ip4)
 	return info ? info->identity : MESH_IDENTITY_WORLD;
 }
 
+/* Is the address hosted by another node (so it must be tunnelled or
+ * routed there)? Without config we cannot tell our own address apart and
+ * say yes; the caller then drops with NO_CONFIG. */
+static __always_inline int ipcache_is_remote(const struct mesh_ipcache_info *info,
+					     const struct mesh_config *cfg)
+{
+	if (!info || !info->tunnel_ip)
+		return 0;
+	return !cfg || info->tunnel_ip != cfg->node_ip;
+}
+
 #endif /* MESH_IPCACHE_H */

@@ -11,7 +11,8 @@
 // pin dir is bind-mounted on /sys/fs/bpf: pin-by-name then lands there, as it
 // will with the agent's loader). Maps are programmed with bpftool from the
 // codecs' bytes, counters and conntrack are read back and decoded with them.
-// Flow events (ring buffer) need the addon and are not read here.
+// Flow events are read from the ring buffer through the libbpf addon
+// (src/datapath/addon.ts, imported lazily so the rest runs without it).
 //
 // Needs root. Everything is named meshtest-bpf-*, and leftovers of earlier
 // runs are removed first.
@@ -53,7 +54,11 @@ import {
   ctKeyCodec,
   ctEntryCodec,
   metricsKeyCodec,
+  flowEventCodec,
   sumPerCpuMetrics,
+  Verdict,
+  Path,
+  type FlowEvent,
   type PolicyKey,
   type CtKey,
   type CtEntry,
@@ -388,6 +393,26 @@ describe('verifier', () => {
     }
     rmSync(pinRoot, { recursive: true, force: true });
   });
+
+  test('the three objects load through the addon into one pin root and share its maps', async () => {
+    const { BpfObject } = await import('../../src/datapath/addon.js');
+    const pinRoot = join(pinBase, 'verify-addon');
+    const objects = [];
+    try {
+      for (const prog of PROGRAMS) {
+        const obj = await BpfObject.load(join(objDir, `${prog}.o`), { pinRoot });
+        objects.push(obj);
+        expect(obj.programs().map((p) => p.name)).toEqual([ProgramNames[prog]]);
+        const pinned = obj.maps().filter((m) => !m.internal);
+        expect(pinned.map((m) => m.pinPath).sort()).toEqual(
+          Object.values(MapNames).map((name) => join(pinRoot, name)).sort(),
+        );
+      }
+    } finally {
+      for (const obj of objects) obj.close();
+      rmSync(pinRoot, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('packets through two nodes', () => {
@@ -540,6 +565,55 @@ describe('packets through two nodes', () => {
     await writeEndpoint(n2, c, EndpointFlags.policyIngress);
     expect(await ping(b.ns, c.ip)).toBe(true);
     expect(await ping(a.ns, c.ip, 1)).toBe(false);
+  });
+
+  test('every verdict emits a flow event into mesh_flows', async () => {
+    const { BpfMap, RingBuffer } = await import('../../src/datapath/addon.js');
+    const events: FlowEvent[] = [];
+    const map = BpfMap.openPinned(join(n1.pin, MapNames.flows));
+    const ring = RingBuffer.open(map, (rec) => events.push(flowEventCodec.decode(rec)));
+    try {
+      // Earlier tests left their events in the ring: drain them first.
+      await new Promise((r) => setTimeout(r, 300));
+      events.length = 0;
+      await writePeerNode(n1, n2, 0);
+      await writePeerNode(n2, n1, 0);
+      await writeEndpoint(n1, b, EndpointFlags.policyIngress);
+      expect(await ping(a.ns, b.ip, 1)).toBe(false);
+      expect(await ping(a.ns, c.ip, 1)).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      ring.close();
+      map.close();
+    }
+    const icmp = (e: FlowEvent) => e.proto === Proto.icmp;
+    expect(events.find((e) => icmp(e) && e.verdict === Verdict.Dropped && e.daddr === b.ip)).toMatchObject({
+      saddr: a.ip,
+      dropReason: DropReason.PolicyDenied,
+      direction: Direction.Ingress,
+      srcIdentity: ID.a,
+      dstIdentity: ID.b,
+      path: Path.Local,
+      endpointId: b.epId,
+      ifindex: a.ifindex,
+    });
+    expect(events.find((e) => icmp(e) && e.direction === Direction.Egress && e.daddr === b.ip)).toMatchObject({
+      verdict: Verdict.Forwarded,
+      dropReason: DropReason.None,
+      path: Path.Local,
+      endpointId: a.epId,
+    });
+    const tunnelled = events.find((e) => icmp(e) && e.daddr === c.ip && e.direction === Direction.Egress);
+    expect(tunnelled).toMatchObject({ verdict: Verdict.Forwarded, path: Path.Tunnel, nodeIp: n2.ip, dstIdentity: ID.c });
+    // c's reply enters n1 through the overlay, identity from the VNI.
+    expect(events.find((e) => icmp(e) && e.saddr === c.ip && e.daddr === a.ip)).toMatchObject({
+      verdict: Verdict.Forwarded,
+      direction: Direction.Ingress,
+      path: Path.Tunnel,
+      srcIdentity: ID.c,
+      nodeIp: n2.ip,
+    });
+    expect(tunnelled!.tsNs).toBeGreaterThan(0n);
   });
 
   describe('ClusterIP services', () => {
