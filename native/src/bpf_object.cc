@@ -19,14 +19,17 @@ constexpr uint32_t kDefaultLogSize = 4u << 20;   // verifier logs of big program
 constexpr uint32_t kMinLogSize = 4096;
 constexpr uint32_t kMaxLogSize = 256u << 20;
 
-// libbpf names the failing program in its own output: "prog 'name': failed to load: -13".
-std::string FailedProgram(const std::string& libbpfLog) {
-  const std::string marker = "': failed to load";
+// libbpf names what failed in its own output: "prog 'name': failed to load: -13",
+// "map 'name': failed to create: ...". Returns the name, or "" when there is no such line.
+std::string FailedItem(const std::string& libbpfLog, const std::string& kind, const std::string& what) {
+  const std::string marker = "': " + what;
   size_t end = libbpfLog.find(marker);
   if (end == std::string::npos) return "";
-  size_t start = libbpfLog.rfind("prog '", end);
+  const std::string opener = kind + " '";
+  size_t start = libbpfLog.rfind(opener, end);
   if (start == std::string::npos) return "";
-  start += 6;
+  start += opener.size();
+  if (libbpfLog.find('\n', start) < end) return "";
   return libbpfLog.substr(start, end - start);
 }
 
@@ -117,13 +120,15 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
       Napi::Env env = Env();
       if (obj_ == nullptr) {
         std::string subject = path_;
-        std::string program = FailedProgram(libbpfLog_);
+        std::string program = FailedItem(libbpfLog_, "prog", "failed to load");
+        std::string map = FailedItem(libbpfLog_, "map", "failed to create");
         if (!program.empty()) subject += " (program " + program + ")";
+        if (program.empty() && !map.empty()) subject += " (map " + map + ")";
         Napi::Error error = BpfError(env, op_, subject, err_);
         error.Set("path", path_);
         if (!program.empty()) error.Set("program", program);
-        // Without a kernel log (e.g. a map that cannot be reused), libbpf's own lines explain.
-        error.Set("verifierLog", verifierLog_.empty() ? libbpfLog_ : verifierLog_);
+        if (!map.empty()) error.Set("map", map);
+        if (!verifierLog_.empty()) error.Set("verifierLog", verifierLog_);
         error.Set("libbpfLog", libbpfLog_);
         deferred_.Reject(error.Value());
         return;

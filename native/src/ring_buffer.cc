@@ -24,6 +24,13 @@ namespace {
 using Record = std::vector<uint8_t>;
 using Batch = std::vector<Record>;
 
+// Shared between the JS thread and batches still queued in the ThreadSafeFunction; freed by the
+// TSFN finalizer, which runs after the last queued batch. Once `closed` is set, queued batches
+// are dropped, so no callback runs after close() returns.
+struct DeliveryState {
+  std::atomic<bool> closed{false};
+};
+
 class RingBuffer : public Napi::ObjectWrap<RingBuffer>, public Closable {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -82,7 +89,9 @@ class RingBuffer : public Napi::ObjectWrap<RingBuffer>, public Closable {
       throw BpfError(env, "ringbuf_open", name_, err);
     }
     // Unbounded queue: the consumer thread never blocks on JS, so close() can always join it.
-    tsfn_ = Tsfn::New(env, info[1].As<Napi::Function>(), "meshctl:ringbuf", 0, 1);
+    state_ = new DeliveryState();
+    tsfn_ = Tsfn::New(env, info[1].As<Napi::Function>(), "meshctl:ringbuf", 0, 1, state_,
+                      [](Napi::Env, void*, DeliveryState* state) { delete state; });
     env_ = env;
     // While open, the JS object must not be collected out from under the consumer thread.
     Ref();
@@ -108,9 +117,10 @@ class RingBuffer : public Napi::ObjectWrap<RingBuffer>, public Closable {
     return 0;
   }
 
-  static void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, Batch* batch) {
+  static void CallJs(Napi::Env env, Napi::Function callback, DeliveryState* state, Batch* batch) {
     if (env != nullptr && callback != nullptr) {
       for (const Record& record : *batch) {
+        if (state->closed.load()) break;  // close() may be called from inside the callback
         try {
           callback.Call({Napi::Buffer<uint8_t>::Copy(env, record.data(), record.size())});
         } catch (const Napi::Error& e) {
@@ -166,6 +176,8 @@ class RingBuffer : public Napi::ObjectWrap<RingBuffer>, public Closable {
     (void)ignored;
     if (thread_.joinable()) thread_.join();
     ReleaseFds();
+    state_->closed.store(true);
+    state_ = nullptr;  // owned by the TSFN finalizer from here
     tsfn_.Release();
     Unref();
   }
@@ -194,7 +206,8 @@ class RingBuffer : public Napi::ObjectWrap<RingBuffer>, public Closable {
   std::string name_;
   int mapFd_ = -1, wakeFd_ = -1, epollFd_ = -1;
   struct ring_buffer* rb_ = nullptr;
-  using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Batch, &RingBuffer::CallJs>;
+  using Tsfn = Napi::TypedThreadSafeFunction<DeliveryState, Batch, &RingBuffer::CallJs>;
+  DeliveryState* state_ = nullptr;
   Tsfn tsfn_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};

@@ -21,6 +21,8 @@ export interface BpfErrorInit {
   readonly libbpfLog?: string;
   /** Program the kernel rejected, when a load failed in one. */
   readonly program?: string;
+  /** Map that could not be created or reused, when a load failed in one. */
+  readonly map?: string;
   /** File or pin path the operation was about. */
   readonly path?: string;
   /** Elements a batch operation completed before it failed. */
@@ -47,8 +49,9 @@ export function logTail(log: string, lines: number): string {
 
 /**
  * A kernel or libbpf operation failed. `message` is the one-line reason followed, for load
- * failures, by the last {@link VERIFIER_LOG_TAIL_LINES} lines of the verifier log;
- * `verifierLog` holds the whole log (show it with `-v`).
+ * failures, by the last {@link VERIFIER_LOG_TAIL_LINES} lines of the verifier log (or, when the
+ * kernel gave none, e.g. for a pinned map that cannot be reused, of libbpf's output);
+ * `verifierLog` and `libbpfLog` hold them whole (show them with `-v`).
  */
 export class BpfError extends Error {
   readonly op: string;
@@ -57,6 +60,7 @@ export class BpfError extends Error {
   readonly verifierLog?: string;
   readonly libbpfLog?: string;
   readonly program?: string;
+  readonly map?: string;
   readonly path?: string;
   readonly count?: number;
   /** The one-line reason, without any log. */
@@ -64,11 +68,14 @@ export class BpfError extends Error {
 
   constructor(init: BpfErrorInit) {
     const log = init.verifierLog && init.verifierLog.trim() !== '' ? init.verifierLog : undefined;
+    const libbpfLog = init.libbpfLog && init.libbpfLog.trim() !== '' ? init.libbpfLog : undefined;
     let message = init.message;
-    if (log !== undefined) {
-      const total = log.replace(/\s+$/, '').split('\n').length;
+    const shownLog = log ?? libbpfLog;
+    if (shownLog !== undefined) {
+      const total = shownLog.replace(/\s+$/, '').split('\n').length;
       const shown = Math.min(total, VERIFIER_LOG_TAIL_LINES);
-      message += `\nverifier log (last ${shown} of ${total} lines):\n${logTail(log, VERIFIER_LOG_TAIL_LINES)}`;
+      const label = log !== undefined ? 'verifier log' : 'libbpf log';
+      message += `\n${label} (last ${shown} of ${total} lines):\n${logTail(shownLog, VERIFIER_LOG_TAIL_LINES)}`;
     }
     super(message, init.cause === undefined ? undefined : { cause: init.cause });
     this.name = 'BpfError';
@@ -77,8 +84,9 @@ export class BpfError extends Error {
     this.code = init.code ?? errnoName(init.errno);
     this.reason = init.message;
     if (log !== undefined) this.verifierLog = log;
-    if (init.libbpfLog) this.libbpfLog = init.libbpfLog;
+    if (libbpfLog !== undefined) this.libbpfLog = libbpfLog;
     if (init.program !== undefined) this.program = init.program;
+    if (init.map !== undefined) this.map = init.map;
     if (init.path !== undefined) this.path = init.path;
     if (init.count !== undefined) this.count = init.count;
   }
@@ -124,6 +132,7 @@ interface NativeErrorShape {
   verifierLog?: string;
   libbpfLog?: string;
   program?: string;
+  map?: string;
   path?: string;
   count?: number;
 }
@@ -154,6 +163,7 @@ export function toBpfError(err: unknown): unknown {
     verifierLog: err.verifierLog,
     libbpfLog: err.libbpfLog,
     program: err.program,
+    map: err.map,
     path: err.path,
     count: err.count,
   });

@@ -405,6 +405,20 @@ describe('native addon datapath (root, network namespaces, real packets)', () =>
     await new Promise((r) => setTimeout(r, 200));
     expect(seen).toBe(after);
     ring.close(); // idempotent
+
+    // close() from inside the callback: records already queued are dropped, not delivered.
+    let calls = 0;
+    const self: { ring?: RingBuffer } = {};
+    self.ring = RingBuffer.open(events1, () => {
+      calls++;
+      self.ring?.close();
+    });
+    ring = self.ring;
+    await ping(3, 0.01);
+    await waitFor('the closing callback', () => calls > 0);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(calls).toBe(1);
+    expect(ring.closed).toBe(true);
   });
 
   test('detach stops counting', async () => {
@@ -477,6 +491,22 @@ describe('native addon datapath (root, network namespaces, real packets)', () =>
     expect(be.message).toContain('verifier log (last ');
     expect(be.message).toContain('invalid access to packet');
     expect(be.verifierLogTail(2).split('\n')).toHaveLength(2);
+  });
+
+  test('a pinned map with another layout fails the load and names the map', async () => {
+    const otherRoot = `${PIN_ROOT}-mismatch`;
+    await run('mkdir', ['-p', otherRoot]);
+    await run('bpftool', ['map', 'create', join(otherRoot, 'fixture_count'), 'type', 'percpu_array', 'key', '4', 'value', '8', 'entries', '8', 'name', 'fixture_count']);
+    const err = await BpfObject.load(counterObjectPath, { pinRoot: otherRoot }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(BpfError);
+    const be = err as BpfError;
+    expect(be).toMatchObject({ op: 'load', code: 'EINVAL', map: 'fixture_count', verifierLog: undefined });
+    expect(be.reason).toBe(`load ${counterObjectPath} (map fixture_count): Invalid argument`);
+    expect(be.libbpfLog).toContain(`couldn't reuse pinned map at '${join(otherRoot, 'fixture_count')}': parameter mismatch`);
+    expect(be.message).toContain('libbpf log (last ');
   });
 
   test('a missing pinned path is ENOENT', () => {

@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { CLANG_NOT_FOUND_MESSAGE, compileBpf, compileBpfDetailed, parseDepFile } from '../../src/datapath/compile.js';
-import { CompileError } from '../../src/datapath/errors.js';
+import { BpfError, CompileError, errnoName, toBpfError } from '../../src/datapath/errors.js';
 
 function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -132,5 +132,46 @@ describe('parseDepFile', () => {
     ['escaped spaces', 'x.o: my\\ dir/a.c\n', ['/w/my dir/a.c']],
   ])('%s', (_name, text, want) => {
     expect(parseDepFile(text, '/w')).toEqual(want);
+  });
+});
+
+// The datapath's error types, which compileBpf and the addon wrapper share.
+describe('BpfError', () => {
+  const log = Array.from({ length: 30 }, (_, i) => `line ${i + 1}`).join('\n') + '\n';
+
+  test('shows the last 20 verifier log lines in its message and keeps all of them', () => {
+    const err = new BpfError({ op: 'load', errno: 13, message: 'load x.o (program p): Permission denied', verifierLog: log });
+    expect(err.code).toBe('EACCES');
+    expect(err.reason).toBe('load x.o (program p): Permission denied');
+    expect(err.message).toBe(
+      'load x.o (program p): Permission denied\nverifier log (last 20 of 30 lines):\n' +
+        Array.from({ length: 20 }, (_, i) => `line ${i + 11}`).join('\n'),
+    );
+    expect(err.verifierLog).toBe(log);
+    expect(err.verifierLogTail(3)).toBe('line 28\nline 29\nline 30');
+  });
+
+  test('without any log the message is the one line', () => {
+    const err = new BpfError({ op: 'map_update', errno: 2, message: 'map_update mesh_ipcache: No such file or directory' });
+    expect(err.message).toBe('map_update mesh_ipcache: No such file or directory');
+    expect(err.verifierLogTail()).toBe('');
+  });
+
+  test.each([
+    [2, 'ENOENT'],
+    [17, 'EEXIST'],
+    [524, 'ENOTSUPP'],
+    [100000, 'E100000'],
+  ])('errno %d is %s', (errno, code) => {
+    expect(errnoName(errno)).toBe(code);
+  });
+
+  test('toBpfError converts addon-shaped errors and passes others through', () => {
+    const native = Object.assign(new Error('obj_get /x: No such file or directory'), { op: 'obj_get', errno: 2, code: 'ENOENT' });
+    const converted = toBpfError(native);
+    expect(converted).toBeInstanceOf(BpfError);
+    expect(converted).toMatchObject({ op: 'obj_get', errno: 2, code: 'ENOENT', message: 'obj_get /x: No such file or directory' });
+    const plain = new RangeError('key is 3 bytes');
+    expect(toBpfError(plain)).toBe(plain);
   });
 });
