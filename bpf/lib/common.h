@@ -137,6 +137,9 @@ enum mesh_routing_mode {
 
 /* mesh_config.flags */
 #define MESH_CFG_F_NO_FLOWS  (1U << 0) /* do not emit flow events */
+/* Forwarded packets of known connections (ESTABLISHED/REPLY) emit no flow
+ * event; new connections and drops still do. Counters are unaffected. */
+#define MESH_CFG_F_FLOWS_NEW_ONLY (1U << 1)
 
 /* ---------------------------------------------------------------------- */
 /* Shared structs                                                           */

@@ -11,12 +11,20 @@
 #include "packet.h"
 #include "metrics.h"
 
-static __always_inline int flow_events_enabled(void)
+/* Should this verdict be reported, given the node's flow settings? */
+static __always_inline int flow_should_emit(const struct mesh_pkt *p, __u8 verdict)
 {
 	__u32 zero = 0;
 	const struct mesh_config *cfg = bpf_map_lookup_elem(&mesh_config, &zero);
 
-	return !cfg || !(cfg->flags & MESH_CFG_F_NO_FLOWS);
+	if (!cfg)
+		return 1;
+	if (cfg->flags & MESH_CFG_F_NO_FLOWS)
+		return 0;
+	if ((cfg->flags & MESH_CFG_F_FLOWS_NEW_ONLY) && verdict == MESH_VERDICT_FORWARDED &&
+	    p->ct_state != MESH_CT_NEW)
+		return 0;
+	return 1;
 }
 
 static __always_inline void flow_emit(struct __sk_buff *skb, const struct mesh_pkt *p,
@@ -24,7 +32,7 @@ static __always_inline void flow_emit(struct __sk_buff *skb, const struct mesh_p
 {
 	struct mesh_flow_event *ev;
 
-	if (!flow_events_enabled())
+	if (!flow_should_emit(p, verdict))
 		return;
 	/* A full ring loses the event, never the packet. */
 	ev = bpf_ringbuf_reserve(&mesh_flows, sizeof(*ev), 0);

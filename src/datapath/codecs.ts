@@ -129,7 +129,8 @@ export const NodeFlags = { direct: 1 << 0, encrypt: 1 << 1 } as const;
 export const PolicyFlags = { deny: 1 << 0 } as const;
 export const ServiceFlags = { global: 1 << 0 } as const;
 export const CtFlags = { service: 1 << 0, seenReply: 1 << 1 } as const;
-export const ConfigFlags = { noFlows: 1 << 0 } as const;
+/** `noFlows`: no flow events at all; `flowsNewOnly`: only new connections and drops (counters unaffected). */
+export const ConfigFlags = { noFlows: 1 << 0, flowsNewOnly: 1 << 1 } as const;
 
 // ---------------------------------------------------------------------------
 // Field kinds and the generic struct codec

@@ -58,6 +58,8 @@ import {
   sumPerCpuMetrics,
   Verdict,
   Path,
+  CtState,
+  ConfigFlags,
   type FlowEvent,
   type PolicyKey,
   type CtKey,
@@ -332,6 +334,25 @@ async function writePeerNode(node: Node, peer: Node, flags: number): Promise<voi
   );
 }
 
+async function writeConfig(node: Node, flags = 0): Promise<void> {
+  const eth0 = await linkInfo(node.ns, 'eth0');
+  const vx = await linkInfo(node.ns, 'meshvx');
+  await mapUpdate(
+    node.pin,
+    MapNames.config,
+    u32Key.encode({ value: 0 }),
+    configCodec.encode({
+      nodeIp: node.ip,
+      nodeId: node === n1 ? 1 : 2,
+      vxlanIfindex: vx.ifindex,
+      clusterId: 1,
+      routingMode: RoutingMode.Tunnel,
+      flags,
+      netdevIfindex: eth0.ifindex,
+    }),
+  );
+}
+
 function policyKey(pod: Pod, direction: Direction.Ingress | Direction.Egress, identity: number, proto = 0, dport = 0): PolicyKey {
   return { endpointId: pod.epId, direction, proto, identity, dport };
 }
@@ -433,22 +454,7 @@ describe('packets through two nodes', () => {
     c = await addPod(n2, 'c', '10.200.2.2', ID.c, 201);
 
     for (const node of [n1, n2]) {
-      const eth0 = await linkInfo(node.ns, 'eth0');
-      const vx = await linkInfo(node.ns, 'meshvx');
-      await mapUpdate(
-        node.pin,
-        MapNames.config,
-        u32Key.encode({ value: 0 }),
-        configCodec.encode({
-          nodeIp: node.ip,
-          nodeId: node === n1 ? 1 : 2,
-          vxlanIfindex: vx.ifindex,
-          clusterId: 1,
-          routingMode: RoutingMode.Tunnel,
-          flags: 0,
-          netdevIfindex: eth0.ifindex,
-        }),
-      );
+      await writeConfig(node);
       for (const pod of node.pods) {
         await attach(node, pod.lxc, 'from-container');
         await writeEndpoint(node, pod);
@@ -614,6 +620,35 @@ describe('packets through two nodes', () => {
       nodeIp: n2.ip,
     });
     expect(tunnelled!.tsNs).toBeGreaterThan(0n);
+  });
+
+  test('flowsNewOnly reports new connections and drops, not every packet', async () => {
+    const { BpfMap, RingBuffer } = await import('../../src/datapath/addon.js');
+    const events: FlowEvent[] = [];
+    const map = BpfMap.openPinned(join(n1.pin, MapNames.flows));
+    const ring = RingBuffer.open(map, (rec) => events.push(flowEventCodec.decode(rec)));
+    let forwardedBefore = 0n;
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      events.length = 0;
+      forwardedBefore = await metric(n1.pin, DropReason.None, Direction.Ingress);
+      await writeConfig(n1, ConfigFlags.flowsNewOnly);
+      expect(await ping(a.ns, b.ip, 3)).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      await writeConfig(n1);
+      ring.close();
+      map.close();
+    }
+    const ab = events.filter((e) => e.proto === Proto.icmp && e.saddr === a.ip && e.daddr === b.ip);
+    // One echo id: the first request is new at a's egress and at b's ingress.
+    expect(ab.map((e) => [e.direction, e.ctState])).toEqual([
+      [Direction.Egress, CtState.New],
+      [Direction.Ingress, CtState.New],
+    ]);
+    expect(events.filter((e) => e.saddr === b.ip && e.daddr === a.ip)).toEqual([]);
+    // Counters still see every packet: 3 requests and 3 replies delivered.
+    expect(await metric(n1.pin, DropReason.None, Direction.Ingress)).toBe(forwardedBefore + 6n);
   });
 
   describe('ClusterIP services', () => {

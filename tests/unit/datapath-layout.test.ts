@@ -135,6 +135,7 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_CT_F_SERVICE', CtFlags.service],
     ['MESH_CT_F_SEEN_REPLY', CtFlags.seenReply],
     ['MESH_CFG_F_NO_FLOWS', ConfigFlags.noFlows],
+    ['MESH_CFG_F_FLOWS_NEW_ONLY', ConfigFlags.flowsNewOnly],
   ];
 
   test('every C constant is checked', () => {
