@@ -279,7 +279,7 @@ describe('native addon datapath (root, network namespaces, real packets)', () =>
     expect(ipcache.delete(lpm)).toBe(true);
   });
 
-  test('updateBatch: one batch call on a hash map, a per-element loop on an LPM trie', () => {
+  test('updateBatch: one batch call where the map type has it, a per-element loop otherwise', async () => {
     const n = 500;
     const keys = Buffer.alloc(4 * n);
     const values = Buffer.alloc(8 * n);
@@ -306,6 +306,15 @@ describe('native addon datapath (root, network namespaces, real packets)', () =>
     for (let i = 0; i < m; i++) lpmValues.writeUInt32LE(2000 + i, 4 * i);
     expect(ipcache.updateBatch(lpmKeys, lpmValues, m, { method: 'loop' })).toEqual({ count: m, batched: false });
     expect(ipcache.lookup(lpmKeys.subarray(0, 8))).toEqual(u32(2000));
+
+    // A map type without a batch op (devmap) falls back to the loop by itself.
+    const devmapPath = join(PIN_ROOT, 'fixture_devmap');
+    await run('bpftool', ['map', 'create', devmapPath, 'type', 'devmap', 'key', '4', 'value', '4', 'entries', '8', 'name', 'fixture_devmap']);
+    const devmap = BpfMap.openPinned(devmapPath);
+    opened.push(devmap);
+    const loIndex = ifindexOf('lo');
+    expect(devmap.updateBatch(Buffer.concat([u32(0), u32(1)]), Buffer.concat([u32(loIndex), u32(loIndex)]), 2)).toEqual({ count: 2, batched: false });
+    expect(devmap.lookup(u32(1))).toEqual(u32(loIndex));
 
     expect(() => bySrc.updateBatch(keys, values, n + 1)).toThrow(
       new RangeError(`map_update_batch fixture_by_src: keys is ${4 * n} bytes, map keys size is ${4 * (n + 1)}`),
