@@ -1,4 +1,5 @@
 /** ClusterClient on a plain etcd (the lab's store), plus the raw key operations the lab's IPAM needs. */
+import { ExponentialBackoff, noop, type IBackoff } from 'cockatiel';
 import { Etcd3, type IKeyValue, type Lease } from 'etcd3';
 import {
   AlreadyExistsError,
@@ -47,6 +48,10 @@ export class EtcdClusterClient implements ClusterClient {
   constructor(readonly opts: EtcdClusterClientOptions) {
     this.etcd = new Etcd3({
       hosts: [...opts.endpoints],
+      // One store per client: no circuit breaker (it would hold a restarted store off for seconds),
+      // callers retry; reconnect fast after a store restart.
+      faultHandling: { host: () => noop, global: noop, watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2000 }) as unknown as IBackoff<unknown> },
+      grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
       defaultCallOptions: () => ({ deadline: Date.now() + (opts.timeoutMs ?? 5000) }),
     });
   }

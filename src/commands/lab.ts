@@ -38,8 +38,8 @@ export function labCommand(): Command {
     .action(async (name: string, o: { id: string; podCidr: string; serviceCidr: string; nodes: string; vpc?: string; routing: string }) => {
       requireRoot('lab create');
       const started = Date.now();
-      out.wait(`Creating cluster ${name}…`);
       const c = await createCluster(paths(), {
+        onStart: () => out.wait(`Creating cluster ${name}…`),
         name,
         id: o.id,
         podCidr: o.podCidr,

@@ -74,6 +74,8 @@ export interface CreateClusterOptions {
   readonly routing?: string;
   /** Called with each warning (conflicts only a mesh would have). */
   readonly onWarning?: (msg: string) => void;
+  /** Called once the input is valid, before anything is built. */
+  readonly onStart?: () => void;
   /** Called when a step completes. */
   readonly onStep?: (name: string, ms: number) => void;
 }
@@ -128,6 +130,7 @@ export async function createCluster(paths: LabPaths, opts: CreateClusterOptions)
       }
     }
 
+    opts.onStart?.();
     const prefix = existing?.prefix ?? labPrefix(paths.home);
     const lab: LabState = existing ?? {
       version: 1,

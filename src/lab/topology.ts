@@ -96,11 +96,25 @@ export function allocMgmtIp(lab: LabState): string {
   return formatIp(subnet.network + lab.mgmt.nextHost++);
 }
 
-/** Connect a namespace to a bridge of the underlay: `<uside>` there, `<inside>` in the namespace. */
+/** A stable, locally administered MAC for a lab interface, so a re-created one keeps its address. */
+export function labMac(seed: string): string {
+  const h = shortHash(seed, 10);
+  return `02:${h.match(/../g)!.join(':')}`;
+}
+
+/**
+ * Connect a namespace to a bridge of the underlay: `<uside>` there, `<inside>` in the namespace.
+ * The address may have belonged to an earlier, deleted interface: forget any neighbour entry
+ * for it in the underlay and on the host link, or traffic goes to the old MAC until it ages out.
+ */
 async function plug(lab: LabState, netns: string, bridge: string, uside: string, inside: string, addr: string): Promise<void> {
-  await ip(['link', 'add', uside, 'type', 'veth', 'peer', 'name', inside, 'netns', netns], lab.underlayNetns);
+  const mac = labMac(`${lab.prefix}/${uside}/${inside}`);
+  await ip(['link', 'add', uside, 'type', 'veth', 'peer', 'name', inside, 'address', mac, 'netns', netns], lab.underlayNetns);
   await ipBatch([`link set ${uside} master ${bridge}`, `link set ${uside} up`], lab.underlayNetns);
   await ipBatch([`addr add ${addr} dev ${inside}`, `link set ${inside} up`], netns);
+  const hostAddr = addr.split('/')[0];
+  await ip(['neigh', 'flush', 'to', hostAddr], lab.underlayNetns, false);
+  if (bridge === 'mgmt0') await ip(['neigh', 'flush', 'to', hostAddr, 'dev', lab.hostLink], undefined, false);
 }
 
 export interface ControlPlaneLinks {
