@@ -28,7 +28,8 @@ static __always_inline int fib_redirect_native(struct __sk_buff *skb, const stru
 	fib.l4_protocol = p->proto;
 	fib.sport = p->sport;
 	fib.dport = p->dport;
-	fib.tot_len = (__u16)(p->len - ETH_HLEN);
+	/* tot_len stays 0: the kernel then checks the MTU with
+	 * is_skb_forwardable(), which understands GSO packets. */
 	fib.ipv4_src = p->saddr;
 	fib.ipv4_dst = p->daddr;
 	if (cfg->netdev_ifindex) {

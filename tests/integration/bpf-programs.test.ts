@@ -197,10 +197,14 @@ async function ping(fromNs: string, to: string, count = 2): Promise<boolean> {
   return r.exitCode === 0;
 }
 
+const BULK_BYTES = 8 * 1024 * 1024;
+
 // A tiny TCP/UDP echo service and client in plain Node, run inside a pod.
 const SERVER_JS = `
 const net = require('node:net'); const dgram = require('node:dgram');
 const [tcpPort, udpPort, name] = process.argv.slice(1);
+// Port tcpPort+1 sends BULK_BYTES, for GSO/MTU paths.
+net.createServer((s) => { s.end(Buffer.alloc(${BULK_BYTES}, 0x61)); }).listen(+tcpPort + 1, '0.0.0.0');
 net.createServer((s) => { s.end('hello from ' + name + ' ' + s.remoteAddress + '\\n'); }).listen(+tcpPort, '0.0.0.0', () => {
   const u = dgram.createSocket('udp4');
   u.on('message', (m, r) => u.send('udp ' + name + ' ' + m, r.port, r.address));
@@ -211,7 +215,11 @@ const CLIENT_JS = `
 const net = require('node:net'); const dgram = require('node:dgram');
 const [proto, host, port] = process.argv.slice(1);
 setTimeout(() => { console.error('timeout'); process.exit(1); }, 3000);
-if (proto === 'tcp') {
+if (proto === 'bulk') {
+  const s = net.connect(+port, host); let n = 0;
+  s.on('data', (d) => (n += d.length)); s.on('end', () => { process.stdout.write(String(n)); process.exit(0); });
+  s.on('error', (e) => { console.error(e.message); process.exit(1); });
+} else if (proto === 'tcp') {
   const s = net.connect(+port, host); let data = '';
   s.on('data', (d) => (data += d)); s.on('end', () => { process.stdout.write(data); process.exit(0); });
   s.on('error', (e) => { console.error(e.message); process.exit(1); });
@@ -240,7 +248,7 @@ async function startServer(ns: string, name: string): Promise<void> {
   });
 }
 
-async function client(ns: string, proto: 'tcp' | 'udp', host: string, port: number) {
+async function client(ns: string, proto: 'tcp' | 'udp' | 'bulk', host: string, port: number) {
   return sh('ip', ['netns', 'exec', ns, process.execPath, '-e', CLIENT_JS, proto, host, String(port)], {
     reject: false,
     timeout: 10_000,
@@ -694,6 +702,17 @@ describe('packets through two nodes', () => {
       const r = await client(a.ns, 'udp', VIP, 53);
       expect(r.stderr).toBe('');
       expect(r.stdout.trim()).toBe('udp c ping');
+    });
+
+    test.each([
+      ['tunnel', 0],
+      ['native', NodeFlags.direct],
+    ])('bulk TCP across nodes (%s) survives GSO and MTU', async (_path, flags) => {
+      await writePeerNode(n1, n2, flags);
+      await writePeerNode(n2, n1, flags);
+      const r = await client(a.ns, 'bulk', c.ip, 8081);
+      expect(r.stderr).toBe('');
+      expect(Number(r.stdout)).toBe(BULK_BYTES);
     });
 
     test('a service without backends drops (NO_BACKEND)', async () => {
