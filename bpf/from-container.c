@@ -66,7 +66,7 @@ int mesh_from_container(struct __sk_buff *skb)
 	const struct mesh_config *cfg;
 	struct mesh_ct_entry *entry;
 	struct mesh_pkt p = {};
-	__u16 rev_nat_id = 0;
+	struct mesh_ct_nat nat = {};
 	int ret;
 
 	if (pkt_eth_proto(skb) != bpf_htons(ETH_P_IP))
@@ -86,7 +86,7 @@ int mesh_from_container(struct __sk_buff *skb)
 		return verdict_drop(skb, &p, MESH_DROP_SOURCE_SPOOFED);
 
 	cfg = config_get();
-	ret = lb_translate_service(skb, &p, &rev_nat_id);
+	ret = lb_translate_service(skb, &p, &nat);
 	if (ret)
 		return verdict_drop(skb, &p, ret);
 
@@ -103,7 +103,7 @@ int mesh_from_container(struct __sk_buff *skb)
 		ret = policy_can_egress(src_ep, p.dst_identity, p.dport, p.proto, p.len);
 		if (ret)
 			return verdict_drop(skb, &p, ret);
-		ct_create(&p, MESH_DIR_EGRESS, rev_nat_id);
+		ct_create(&p, MESH_DIR_EGRESS, nat.rev_nat_id ? &nat : NULL);
 	}
 
 	if (!dst_ep && !ipcache_is_remote(dst_info, cfg)) {

@@ -340,7 +340,8 @@ struct mesh_revnat_info {
  *   EGRESS  - a local pod opened it (tuple after service DNAT)
  *   INGRESS - a peer opened it towards a local pod
  *   SERVICE - a local pod sent to a VIP (tuple before DNAT); the entry
- *             remembers the chosen backend so the connection sticks to it.
+ *             remembers the chosen backend so the connection sticks to it,
+ *             and the EGRESS entry of the translated tuple records the VIP.
  * A packet matching the reverse of an EGRESS/INGRESS entry is a reply.
  * For ICMP echo, both ports hold the echo id.
  *
@@ -353,7 +354,7 @@ struct mesh_revnat_info {
  * value (48)
  *  0          8           16        24       32        36     38         40
  *  +----------+-----------+---------+--------+---------+------+----------+
- *  |created_ns|last_seen  | packets | bytes  |backend  |bport |rev_nat_id|
+ *  |created_ns|last_seen  | packets | bytes  | nat_ip  |nport |rev_nat_id|
  *  +----------+-----------+---------+--------+---------+------+----------+
  *  40             44    45   48
  *  +--------------+-----+----+
@@ -375,8 +376,11 @@ struct mesh_ct_entry {
 	__u64 last_seen_ns;
 	__u64 packets;
 	__u64 bytes;
-	__u32 backend_ip;   /* SERVICE entries: chosen backend (network order) */
-	__u16 backend_port; /* network order */
+	/* SERVICE entries: the backend chosen. EGRESS entries of a translated
+	 * connection: the VIP and port the pod addressed (replies are rewritten
+	 * to come from them if mesh_revnat no longer knows rev_nat_id). */
+	__u32 nat_ip;       /* network order */
+	__u16 nat_port;     /* network order */
 	__u16 rev_nat_id;   /* non-zero: replies are rewritten to come from the VIP */
 	__u32 src_identity; /* identity of the opener */
 	__u8  flags;        /* MESH_CT_F_* */

@@ -75,8 +75,16 @@ static __always_inline __u8 ct_lookup(const struct mesh_pkt *p, __u8 direction,
 	return MESH_CT_NEW;
 }
 
-/* Records a newly allowed connection opened in `direction`. */
-static __always_inline void ct_create(const struct mesh_pkt *p, __u8 direction, __u16 rev_nat_id)
+/* Records a newly allowed connection opened in `direction`. For a
+ * connection to a service, `nat` holds the VIP the pod addressed. */
+struct mesh_ct_nat {
+	__u32 vip;
+	__u16 port;
+	__u16 rev_nat_id;
+};
+
+static __always_inline void ct_create(const struct mesh_pkt *p, __u8 direction,
+				      const struct mesh_ct_nat *nat)
 {
 	struct mesh_ct_key key = {
 		.saddr = p->saddr,
@@ -92,7 +100,9 @@ static __always_inline void ct_create(const struct mesh_pkt *p, __u8 direction, 
 		.last_seen_ns = now,
 		.packets = 1,
 		.bytes = p->len,
-		.rev_nat_id = rev_nat_id,
+		.nat_ip = nat ? nat->vip : 0,
+		.nat_port = nat ? nat->port : 0,
+		.rev_nat_id = nat ? nat->rev_nat_id : 0,
 		.src_identity = p->src_identity,
 	};
 
@@ -135,8 +145,8 @@ static __always_inline void ct_create_service(const struct mesh_pkt *p, __u32 ba
 		.last_seen_ns = now,
 		.packets = 1,
 		.bytes = p->len,
-		.backend_ip = backend_ip,
-		.backend_port = backend_port,
+		.nat_ip = backend_ip,
+		.nat_port = backend_port,
 		.rev_nat_id = rev_nat_id,
 		.src_identity = p->src_identity,
 		.flags = MESH_CT_F_SERVICE,

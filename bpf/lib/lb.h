@@ -43,11 +43,11 @@ lb_select_backend(const struct mesh_service_info *svc)
 
 /*
  * If `p` goes to a service VIP, translates it to a backend (rewriting the
- * packet and `p`) and sets *rev_nat_id. Returns 0 (also when no service
- * matched) or a drop reason.
+ * packet and `p`) and fills *nat with the VIP (nat->rev_nat_id stays 0
+ * when no service matched). Returns 0 or a drop reason.
  */
 static __always_inline int lb_translate_service(struct __sk_buff *skb, struct mesh_pkt *p,
-						__u16 *rev_nat_id)
+						struct mesh_ct_nat *nat)
 {
 	const struct mesh_service_info *svc;
 	const struct mesh_backend_info *be;
@@ -56,7 +56,7 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct me
 	__u16 backend_port;
 	int ret;
 
-	*rev_nat_id = 0;
+	nat->rev_nat_id = 0;
 	svc = lb_lookup_service(p);
 	if (!svc)
 		return 0;
@@ -65,8 +65,8 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct me
 
 	sct = ct_lookup_service(p);
 	if (sct) {
-		backend_ip = sct->backend_ip;
-		backend_port = sct->backend_port;
+		backend_ip = sct->nat_ip;
+		backend_port = sct->nat_port;
 	} else {
 		be = lb_select_backend(svc);
 		if (!be)
@@ -75,7 +75,9 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct me
 		backend_port = be->port ? be->port : p->dport;
 		ct_create_service(p, backend_ip, backend_port, svc->rev_nat_id);
 	}
-	*rev_nat_id = svc->rev_nat_id;
+	nat->vip = p->daddr;
+	nat->port = p->dport;
+	nat->rev_nat_id = svc->rev_nat_id;
 
 	ret = pkt_rewrite_addr(skb, p, MESH_IP_DADDR_OFF, p->daddr, backend_ip);
 	if (ret)
@@ -90,25 +92,34 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct me
 
 /*
  * A reply of a translated connection (`entry` is the opener's egress
- * entry): rewrite its source back to the VIP the pod talked to.
+ * entry): rewrite its source back to the VIP the pod talked to. mesh_revnat
+ * is authoritative; the VIP recorded in the entry covers a service the
+ * agent already removed while the connection still runs.
  */
-static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct mesh_pkt *p, __u16 rev_nat_id)
+static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct mesh_pkt *p,
+				      const struct mesh_ct_entry *entry)
 {
-	struct mesh_revnat_key key = { .rev_nat_id = rev_nat_id };
+	struct mesh_revnat_key key = { .rev_nat_id = entry->rev_nat_id };
 	const struct mesh_revnat_info *rn;
+	__u32 vip = entry->nat_ip;
+	__u16 port = entry->nat_port;
 	int ret;
 
 	rn = bpf_map_lookup_elem(&mesh_revnat, &key);
-	if (!rn)
+	if (rn) {
+		vip = rn->vip;
+		port = rn->port;
+	}
+	if (!vip)
 		return MESH_DROP_CT_INVALID;
-	ret = pkt_rewrite_addr(skb, p, MESH_IP_SADDR_OFF, p->saddr, rn->vip);
+	ret = pkt_rewrite_addr(skb, p, MESH_IP_SADDR_OFF, p->saddr, vip);
 	if (ret)
 		return ret;
-	ret = pkt_rewrite_port(skb, p, 0, p->sport, rn->port);
+	ret = pkt_rewrite_port(skb, p, 0, p->sport, port);
 	if (ret)
 		return ret;
-	p->saddr = rn->vip;
-	p->sport = rn->port;
+	p->saddr = vip;
+	p->sport = port;
 	return 0;
 }
 

@@ -36,9 +36,9 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct mesh_pkt 
 		ret = policy_can_ingress(ep, p->src_identity, p->dport, p->proto, p->len);
 		if (ret)
 			return verdict_drop(skb, p, ret);
-		ct_create(p, MESH_DIR_INGRESS, 0);
+		ct_create(p, MESH_DIR_INGRESS, NULL);
 	} else if (p->ct_state == MESH_CT_REPLY && entry && entry->rev_nat_id) {
-		ret = lb_rev_nat(skb, p, entry->rev_nat_id);
+		ret = lb_rev_nat(skb, p, entry);
 		if (ret)
 			return verdict_drop(skb, p, ret);
 	}

@@ -527,8 +527,9 @@ export interface CtEntry {
   lastSeenNs: bigint;
   packets: bigint;
   bytes: bigint;
-  backendIp: string;
-  backendPort: number;
+  /** SERVICE entries: the chosen backend. EGRESS entries of a translated connection: the VIP addressed. */
+  natIp: string;
+  natPort: number;
   revNatId: number;
   srcIdentity: number;
   /** CtFlags. */
@@ -539,8 +540,8 @@ export const ctEntryCodec = defineStruct<CtEntry>('mesh_ct_entry', 48, [
   ['lastSeenNs', 'last_seen_ns', 8, 'u64'],
   ['packets', 'packets', 16, 'u64'],
   ['bytes', 'bytes', 24, 'u64'],
-  ['backendIp', 'backend_ip', 32, 'ipv4'],
-  ['backendPort', 'backend_port', 36, 'port'],
+  ['natIp', 'nat_ip', 32, 'ipv4'],
+  ['natPort', 'nat_port', 36, 'port'],
   ['revNatId', 'rev_nat_id', 38, 'u16'],
   ['srcIdentity', 'src_identity', 40, 'u32'],
   ['flags', 'flags', 44, 'u8'],

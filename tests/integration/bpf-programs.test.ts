@@ -691,8 +691,13 @@ describe('packets through two nodes', () => {
       expect(r.stderr).toBe('');
       expect(r.stdout.trim()).toBe(`hello from b ${a.ip}`);
       const svc = (await conntrack(n1.pin)).find((e) => e.key.direction === Direction.Service && e.key.daddr === VIP);
-      expect(svc?.entry.backendIp).toBe(b.ip);
-      expect(svc?.entry.backendPort).toBe(8080);
+      expect(svc?.entry.natIp).toBe(b.ip);
+      expect(svc?.entry.natPort).toBe(8080);
+      // The translated connection's egress entry records the VIP it replies from.
+      const opened = (await conntrack(n1.pin)).find(
+        (e) => e.key.direction === Direction.Egress && e.key.daddr === b.ip && e.key.dport === 8080,
+      );
+      expect(opened?.entry).toMatchObject({ natIp: VIP, natPort: 80, revNatId: REV_NAT + Proto.tcp });
     });
 
     test('UDP to a backend on the other node (tunnel), replies come from the VIP', async () => {
@@ -702,6 +707,12 @@ describe('packets through two nodes', () => {
       const r = await client(a.ns, 'udp', VIP, 53);
       expect(r.stderr).toBe('');
       expect(r.stdout.trim()).toBe('udp c ping');
+      // Without its mesh_revnat entry, the VIP recorded in conntrack still
+      // rewrites the replies.
+      await mapDelete(n1.pin, MapNames.revnat, revNatKeyCodec.encode({ revNatId: REV_NAT + Proto.udp }));
+      const again = await client(a.ns, 'udp', VIP, 53);
+      expect(again.stderr).toBe('');
+      expect(again.stdout.trim()).toBe('udp c ping');
     });
 
     test.each([

@@ -119,7 +119,7 @@ int main(void)
 
 	S(mesh_ct_entry);
 	F(mesh_ct_entry, created_ns); F(mesh_ct_entry, last_seen_ns); F(mesh_ct_entry, packets);
-	F(mesh_ct_entry, bytes); F(mesh_ct_entry, backend_ip); F(mesh_ct_entry, backend_port);
+	F(mesh_ct_entry, bytes); F(mesh_ct_entry, nat_ip); F(mesh_ct_entry, nat_port);
 	F(mesh_ct_entry, rev_nat_id); F(mesh_ct_entry, src_identity); F(mesh_ct_entry, flags);
 	F(mesh_ct_entry, pad);
 	struct_end();
