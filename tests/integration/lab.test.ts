@@ -137,6 +137,21 @@ describe('lab', () => {
     expect(keysAfter).toEqual(keysBefore);
   });
 
+  test('lab remove deletes pods, their namespaces and address allocations; apply brings them back', async () => {
+    const list = await lab.json(['lab', 'list']);
+    const c1 = list.clusters.find((c: any) => c.name === 'c1');
+    const podNs = (): string[] => mine().filter((n) => n.startsWith(`mesh${prefix}-c1.p`));
+    expect(podNs()).toHaveLength(4);
+    const r = await lab.ok(['lab', 'remove', '-f', join(FIXTURES, 'echo-app.yaml'), '--context', 'c1']);
+    expect(r.stderr).toContain('deployment/echo deleted');
+    expect(podNs()).toEqual([]);
+    expect((await lab.json(['lab', 'get', 'pods', '-A', '--context', 'c1'])).items).toEqual([]);
+    const ipam = await sh('etcdctl', ['--endpoints', c1.store.endpoint, 'get', '--prefix', '/registry/meshctl/ipam/', '--keys-only']);
+    expect(ipam.stdout.trim()).toBe('');
+    await lab.ok(['lab', 'apply', '-f', join(FIXTURES, 'echo-app.yaml'), '--context', 'c1']);
+    expect(podNs()).toHaveLength(4);
+  });
+
   describe('bad input: one line, non-zero exit, nothing created', () => {
     let hostRoute = '';
     beforeAll(async () => {
