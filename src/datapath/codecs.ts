@@ -35,6 +35,8 @@ export const ProgramNames = {
   'from-container': 'mesh_from_container',
   'from-overlay': 'mesh_from_overlay',
   'from-netdev': 'mesh_from_netdev',
+  /** Optional: tc egress of each lxc, polices what the node's own stack sends into a pod. */
+  'to-container': 'mesh_to_container',
 } as const;
 
 /** Cluster id written in address keys until overlapping pod CIDRs exist. */

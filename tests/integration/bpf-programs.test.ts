@@ -31,6 +31,8 @@ import {
   DropReason,
   RoutingMode,
   EndpointFlags,
+  IpcacheFlags,
+  ReservedIdentity,
   NodeFlags,
   PolicyFlags,
   Proto,
@@ -289,6 +291,8 @@ async function addPod(node: Node, name: string, podIp: string, identity: number,
   await sh('ip', ['netns', 'add', ns]);
   await ip(node.ns, 'link', 'add', lxc, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
   await ip(node.ns, 'link', 'set', lxc, 'up');
+  // The node itself reaches the pod through its stack, as in the lab.
+  await ip(node.ns, 'route', 'add', `${podIp}/32`, 'dev', lxc, 'scope', 'link', 'src', node.ip);
   await ip(ns, 'link', 'set', 'lo', 'up');
   await ip(ns, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
   await ip(ns, 'addr', 'add', `${podIp}/32`, 'dev', 'eth0');
@@ -303,9 +307,9 @@ async function addPod(node: Node, name: string, podIp: string, identity: number,
   return pod;
 }
 
-async function attach(node: Node, dev: string, prog: keyof typeof ProgramNames): Promise<void> {
-  await inNet(node.ns, 'tc', ['qdisc', 'add', 'dev', dev, 'clsact']);
-  await inNet(node.ns, 'tc', ['filter', 'add', 'dev', dev, 'ingress', 'bpf', 'direct-action', 'pinned', progPin(node.pin, prog)]);
+async function attach(node: Node, dev: string, prog: keyof typeof ProgramNames, hook: 'ingress' | 'egress' = 'ingress') {
+  await inNet(node.ns, 'tc', ['qdisc', 'replace', 'dev', dev, 'clsact']);
+  await inNet(node.ns, 'tc', ['filter', 'add', 'dev', dev, hook, 'bpf', 'direct-action', 'pinned', progPin(node.pin, prog)]);
 }
 
 async function writeEndpoint(node: Node, pod: Pod, flags = 0): Promise<void> {
@@ -423,7 +427,7 @@ describe('verifier', () => {
     rmSync(pinRoot, { recursive: true, force: true });
   });
 
-  test('the three objects load through the addon into one pin root and share its maps', async () => {
+  test('all objects load through the addon into one pin root and share its maps', async () => {
     const { BpfObject } = await import('../../src/datapath/addon.js');
     const pinRoot = join(pinBase, 'verify-addon');
     const objects = [];
@@ -465,6 +469,7 @@ describe('packets through two nodes', () => {
       await writeConfig(node);
       for (const pod of node.pods) {
         await attach(node, pod.lxc, 'from-container');
+        await attach(node, pod.lxc, 'to-container', 'egress');
         await writeEndpoint(node, pod);
       }
       await attach(node, 'meshvx', 'from-overlay');
@@ -579,6 +584,27 @@ describe('packets through two nodes', () => {
     await writeEndpoint(n2, c, EndpointFlags.policyIngress);
     expect(await ping(b.ns, c.ip)).toBe(true);
     expect(await ping(a.ns, c.ip, 1)).toBe(false);
+  });
+
+  test('to-container: the node reaches a pod whose policy selects it, and its replies pass', async () => {
+    await mapUpdate(
+      n1.pin,
+      MapNames.ipcache,
+      ipcacheKeyCodec.encode({ prefixLen: 32, clusterId: CLUSTER_ANY, ip: n1.ip }),
+      ipcacheInfoCodec.encode({ identity: ReservedIdentity.host, tunnelIp: '0.0.0.0', nodeId: 1, flags: IpcacheFlags.localNode }),
+    );
+    await writeEndpoint(n1, b, EndpointFlags.policyIngress | EndpointFlags.policyEgress);
+    try {
+      expect(await ping(n1.ns, b.ip)).toBe(true);
+      expect(await ping(a.ns, b.ip, 1)).toBe(false);
+      // Unknown to the ipcache, the node is just world: b's ingress policy applies.
+      await mapDelete(n1.pin, MapNames.ipcache, ipcacheKeyCodec.encode({ prefixLen: 32, clusterId: CLUSTER_ANY, ip: n1.ip }));
+      const before = await metric(n1.pin, DropReason.PolicyDenied, Direction.Ingress);
+      expect(await ping(n1.ns, b.ip, 1)).toBe(false);
+      expect(await metric(n1.pin, DropReason.PolicyDenied, Direction.Ingress)).toBeGreaterThan(before);
+    } finally {
+      await mapDelete(n1.pin, MapNames.ipcache, ipcacheKeyCodec.encode({ prefixLen: 32, clusterId: CLUSTER_ANY, ip: n1.ip }));
+    }
   });
 
   test('every verdict emits a flow event into mesh_flows', async () => {
