@@ -401,7 +401,7 @@ struct mesh_ct_entry {
  */
 struct mesh_flow_event {
 	__u64 ts_ns;        /* bpf_ktime_get_ns() */
-	__u32 saddr;        /* as seen by the verdict (after DNAT / before rev-NAT) */
+	__u32 saddr;        /* as the packet leaves (after DNAT or reverse NAT) */
 	__u32 daddr;
 	__u16 sport;
 	__u16 dport;

@@ -9,8 +9,8 @@
  * A pod's first packet to a VIP picks a backend at random and records the
  * choice in a SERVICE conntrack entry (tuple before DNAT), so the rest of
  * the connection sticks to it. The egress conntrack entry of the
- * translated tuple carries rev_nat_id; replies matching it get their
- * source rewritten back to the VIP before they reach the pod.
+ * translated tuple carries rev_nat_id and the VIP; replies matching it get
+ * their source rewritten back to the VIP before they reach the pod.
  */
 #ifndef MESH_LB_H
 #define MESH_LB_H
