@@ -44,6 +44,7 @@ import {
   hostLinkName,
   nodeLinkName,
   pickMgmtSubnet,
+  removeNodeRoute,
   sweepLab,
   underlayNetnsName,
 } from './topology.js';
@@ -221,10 +222,13 @@ export async function createCluster(paths: LabPaths, opts: CreateClusterOptions)
       {
         name: 'nodes',
         run: async () => {
-          for (const n of cluster!.nodes) await createNode(lab, n);
+          for (const n of cluster!.nodes) await createNode(lab, n, routing === 'native');
         },
         undo: async () => {
-          for (const n of cluster?.nodes ?? []) await deleteNetns(n.netns);
+          for (const n of cluster?.nodes ?? []) {
+            await removeNodeRoute(lab, n);
+            await deleteNetns(n.netns);
+          }
         },
       },
       {

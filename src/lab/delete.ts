@@ -6,7 +6,7 @@ import { NotFoundError } from '../util/errors.js';
 import { deleteNetns, listNetns } from './netns.js';
 import { stopSupervisor } from './processes.js';
 import { clusterNetnsPrefix, labPrefix, readLabState, withLabLock, writeLabState, type LabPaths, type LabState } from './state.js';
-import { deleteVpc, sweepLab } from './topology.js';
+import { deleteVpc, removeNodeRoute, sweepLab } from './topology.js';
 
 async function removeCluster(paths: LabPaths, lab: LabState, name: string): Promise<void> {
   await stopSupervisor(paths, name);
@@ -15,6 +15,7 @@ async function removeCluster(paths: LabPaths, lab: LabState, name: string): Prom
   // Pods before nodes: a pod's veth peer lives in its node.
   mine.sort((a, b) => Number(b.slice(nsPrefix.length).startsWith('p')) - Number(a.slice(nsPrefix.length).startsWith('p')));
   for (const n of mine) await deleteNetns(n);
+  for (const n of lab.clusters[name].nodes) await removeNodeRoute(lab, n);
   await rm(join(BPF_PIN_ROOT, lab.prefix, name), { recursive: true, force: true });
   await rm(paths.clusterDir(name), { recursive: true, force: true });
   delete lab.clusters[name];

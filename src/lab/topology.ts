@@ -146,8 +146,12 @@ export function nodeLinkName(prefix: string, cluster: string, node: string): str
   return `n${shortHash(`${prefix}/${cluster}/${node}`, 8)}`;
 }
 
-/** A node: eth0 on its VPC, default route to the VPC router, its router IP on lo, forwarding on. */
-export async function createNode(lab: LabState, node: NodeState): Promise<void> {
+/**
+ * A node: eth0 on its VPC, default route to the VPC router, its router IP on lo, forwarding on.
+ * With `routePodCidr` (native routing) the underlay router learns the node's pod slice, as a
+ * cloud route table would; tunnel and hybrid clusters need no such route.
+ */
+export async function createNode(lab: LabState, node: NodeState, routePodCidr = false): Promise<void> {
   const vpc = lab.vpcs[node.vpc];
   await addNetns(node.netns);
   await plug(lab, node.netns, vpc.bridge, node.link, 'eth0', `${node.ip}/24`);
@@ -157,4 +161,10 @@ export async function createNode(lab: LabState, node: NodeState): Promise<void> 
     'net.ipv4.conf.all.rp_filter': '0',
     'net.ipv4.conf.default.rp_filter': '0',
   });
+  if (routePodCidr) await ip(['route', 'replace', node.podCidr, 'via', node.ip], lab.underlayNetns);
+}
+
+/** Remove a node's pod-slice route from the underlay (if any). */
+export async function removeNodeRoute(lab: LabState, node: NodeState): Promise<void> {
+  await ip(['route', 'del', node.podCidr, 'via', node.ip], lab.underlayNetns, false);
 }
