@@ -316,7 +316,8 @@ export interface ReleaseOptions {
  * revision (and on the by-labels entry still pointing at it), so an identity re-used after it was
  * read survives. An identity re-used before it was read has a fresh `status.lastUsed` and is kept,
  * provided `graceMs` exceeds the allocators' touch interval plus the age of `inUse` (compute it from
- * a pod list read just before this call). Identities of other clusters' bits are never touched.
+ * a pod list read just before this call). Corrupt records are counted and left in place; by-labels
+ * entries whose record is gone are deleted (`orphans`).
  */
 export async function releaseUnusedIdentities(store: IdentityStore, inUse: ReadonlySet<number>, graceMs: number, opts: ReleaseOptions = {}): Promise<ReleaseResult> {
   const now = (opts.now ?? Date.now)();
