@@ -37,6 +37,7 @@ deps: deb npm
 build: npm native
 	npx tsc -p tsconfig.json
 	@chmod +x dist/bin/meshctl.js
+	$(NODE) -e "import('./dist/src/datapath/datapath.js').then((m) => m.compilePrograms())"
 
 # The libbpf addon (only once native/ holds one).
 native:

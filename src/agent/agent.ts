@@ -6,6 +6,10 @@
 import { readFileSync } from 'node:fs';
 import { AGENT_STATUS_TTL_S } from '../defaults.js';
 import type { ClusterClient } from '../cluster/client.js';
+import type { EtcdClusterClient } from '../cluster/etcd-client.js';
+import { Datapath, nodePinDir } from '../datapath/datapath.js';
+import { Observability } from './observability.js';
+import { Reconciler } from './reconciler.js';
 import type { KubeObject } from '../cluster/types.js';
 import { errorMessage } from '../util/errors.js';
 import { sleep } from '../util/exec.js';
@@ -25,6 +29,12 @@ export interface AgentOptions {
   readonly lab: string;
   /** How often the status object is refreshed, ms; default 3000. */
   readonly statusIntervalMs?: number;
+  /** Program the eBPF datapath; default true. */
+  readonly datapath?: boolean;
+  /** Unix socket for the flow stream; default none. */
+  readonly flowsSocket?: string;
+  /** Node number within the cluster (node id in the datapath). */
+  readonly nodeIndex?: number;
 }
 
 function bootId(): string {
@@ -40,21 +50,69 @@ export class Agent {
   private lastError = '';
   private readonly startedAt = new Date().toISOString();
   private loops: Promise<void>[] = [];
+  private dp: Datapath | null = null;
+  private reconciler: Reconciler | null = null;
+  private readonly obs: Observability;
 
   constructor(
     readonly opts: AgentOptions,
-    private readonly client: ClusterClient,
+    private readonly client: ClusterClient & Pick<EtcdClusterClient, 'etcd'>,
     private readonly log: (msg: string) => void = (m) => process.stderr.write(`${new Date().toISOString()} ${m}\n`),
-  ) {}
+  ) {
+    this.obs = new Observability(opts.node, () => this.reconciler?.stats ?? null);
+  }
 
   start(): void {
     this.loops.push(this.nodeLoop(), this.statusLoop());
+    if (this.opts.datapath !== false) this.loops.push(this.datapathLoop());
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.reconciler?.stop();
     await Promise.allSettled(this.loops);
+    this.obs.close();
+    this.dp?.close();
     await this.client.close();
+  }
+
+  /** Open the datapath (retrying until it works) and run the reconcile loops on it. */
+  private async datapathLoop(): Promise<void> {
+    const o = this.opts;
+    await this.obs.listenMetrics().catch((err) => this.noteError(`metrics: ${errorMessage(err)}`));
+    if (o.flowsSocket) await this.obs.listenFlows(o.flowsSocket).catch((err) => this.noteError(`flows socket: ${errorMessage(err)}`));
+    while (!this.stopped && !this.dp) {
+      try {
+        this.dp = await Datapath.open({
+          pinDir: nodePinDir(o.lab, o.cluster, o.node),
+          nodeIp: o.nodeIp,
+          nodeId: o.nodeIndex ?? 0,
+          clusterId: o.clusterId,
+          routing: o.routing as 'tunnel' | 'native' | 'hybrid',
+        });
+        this.obs.attachDatapath(this.dp);
+      } catch (err) {
+        this.noteError(`datapath: ${errorMessage(err)}`);
+        await this.pause(2000);
+      }
+    }
+    if (this.stopped || !this.dp) return;
+    this.reconciler = new Reconciler(
+      { cluster: o.cluster, clusterId: o.clusterId, node: o.node, nodeIp: o.nodeIp, podCidr: o.podCidr, vpc: o.vpc, routing: o.routing as 'tunnel' | 'native' | 'hybrid' },
+      this.client,
+      this.dp,
+      this.log,
+    );
+    while (!this.stopped) {
+      try {
+        await this.reconciler.start();
+        this.log(`datapath ready: ${this.reconciler.stats.endpoints} endpoint(s)`);
+        return;
+      } catch (err) {
+        this.noteError(`reconciler: ${errorMessage(err)}`);
+        await this.pause(1000);
+      }
+    }
   }
 
   nodeObject(): KubeObject {
@@ -111,7 +169,10 @@ export class Agent {
               pid: process.pid,
               startedAt: this.startedAt,
               updatedAt: new Date().toISOString(),
-              lastError: this.lastError,
+              lastError: this.reconciler?.stats.lastError || this.lastError,
+              datapath: this.reconciler
+                ? { ready: true, endpoints: this.reconciler.stats.endpoints, passes: this.reconciler.stats.passes, invalidObjects: this.reconciler.stats.invalidObjects }
+                : { ready: false },
             },
           },
           { leaseTtlSeconds: AGENT_STATUS_TTL_S },

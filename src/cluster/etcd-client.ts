@@ -123,27 +123,37 @@ export class EtcdClusterClient implements ClusterClient {
           return;
         }
         watcher = w;
-        w.on('put', (kv, prev) => {
+        // A handler must never throw into the etcd client's stream (that would kill the process).
+        const safe =
+          <A extends unknown[]>(fn: (...a: A) => void) =>
+          (...a: A): void => {
+            try {
+              fn(...a);
+            } catch (err) {
+              handlers.onError?.(err instanceof Error ? err : new Error(String(err)));
+            }
+          };
+        w.on('put', safe((kv: IKeyValue, prev?: IKeyValue) => {
           const key = kv.key.toString();
           const d = decode(kv);
           if (!d.ok) {
             handlers.onInvalid?.(key, d.reason);
             return;
           }
-          const existed = last.has(key) || (prev !== undefined && prev.value.length > 0) || kv.version !== '1';
+          const existed = last.has(key) || (prev != null && prev.value.length > 0) || kv.version !== '1';
           last.set(key, d.obj);
           handlers.onEvent({ type: existed ? 'MODIFIED' : 'ADDED', object: d.obj });
-        });
-        w.on('delete', (kv, prev) => {
+        }));
+        w.on('delete', safe((kv: IKeyValue, prev?: IKeyValue) => {
           const key = kv.key.toString();
           let obj = last.get(key);
-          if (!obj && prev) {
+          if (!obj && prev != null) {
             const d = decode(prev);
             if (d.ok) obj = d.obj;
           }
           last.delete(key);
           handlers.onEvent({ type: 'DELETED', object: obj ?? stubFromKey(key) });
-        });
+        }));
         w.on('error', (err) => handlers.onError?.(err));
       })
       .catch((err: Error) => handlers.onError?.(err));

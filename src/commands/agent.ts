@@ -16,7 +16,10 @@ export function agentCommand(): Command {
     .requiredOption('--routing <mode>')
     .requiredOption('--store <url>')
     .requiredOption('--lab <prefix>')
-    .action(async (o: Record<string, string>) => {
+    .option('--node-index <n>', 'node number (datapath node id)', '0')
+    .option('--flows-socket <path>', 'unix socket for the flow stream')
+    .option('--no-datapath', 'do not program the eBPF datapath')
+    .action(async (o: Record<string, string> & { datapath: boolean }) => {
       const client = new EtcdClusterClient({ endpoints: [o.store] });
       const agent = new Agent(
         {
@@ -29,6 +32,9 @@ export function agentCommand(): Command {
           vpc: o.vpc,
           routing: o.routing,
           lab: o.lab,
+          nodeIndex: Number(o.nodeIndex),
+          flowsSocket: o.flowsSocket,
+          datapath: o.datapath,
         },
         client,
       );

@@ -87,6 +87,8 @@ export function agentProcSpec(paths: LabPaths, lab: LabState, c: ClusterState, n
       '--routing', c.routing,
       '--store', c.store.internalEndpoint,
       '--lab', lab.prefix,
+      '--node-index', String(n.index),
+      '--flows-socket', join(paths.runDir(c.name), `flows-${n.name}.sock`),
     ],
     env: { MESHCTL_HOME: paths.home },
   };

@@ -68,8 +68,10 @@ export async function runSupervisor(paths: LabPaths, cluster: string): Promise<v
     if (stopping) return;
     const spec = r.spec;
     const logFd = openSync(join(logsDir, `${spec.name}.log`), 'a');
+    // nsenter switches only the network namespace; `ip netns exec` would also remount /sys,
+    // hiding the host's bpffs where agents pin their maps.
     const [cmd, args] = spec.netns
-      ? ['ip', ['netns', 'exec', spec.netns, ...spec.argv]]
+      ? ['nsenter', [`--net=/run/netns/${spec.netns}`, '--', ...spec.argv]]
       : [spec.argv[0], spec.argv.slice(1)];
     const child = spawn(cmd, args, {
       stdio: ['ignore', logFd, logFd],

@@ -1,0 +1,154 @@
+/**
+ * The agent's outputs for people and tools: Prometheus metrics over HTTP and a flow stream on a
+ * local unix socket (one JSON object per line) that `meshctl observe` reads.
+ */
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { rmSync } from 'node:fs';
+import client from 'prom-client';
+import { Direction, Path, Verdict, dropReasonName, type FlowEvent } from '../datapath/codecs.js';
+import type { Datapath } from '../datapath/datapath.js';
+import type { ReconcileStats } from './reconciler.js';
+
+export const METRICS_PORT = 9962;
+
+export interface FlowRecord {
+  readonly time: string;
+  readonly verdict: 'FORWARDED' | 'DROPPED';
+  readonly dropReason?: string;
+  readonly source: { ip: string; port: number; identity: number };
+  readonly destination: { ip: string; port: number; identity: number };
+  readonly protocol: number;
+  readonly direction: 'ingress' | 'egress' | 'service';
+  readonly path: string;
+  readonly node: string;
+  readonly length: number;
+}
+
+const PATH_NAMES: Record<number, string> = { [Path.None]: 'none', [Path.Local]: 'local', [Path.Tunnel]: 'tunnel', [Path.Native]: 'native', [Path.Stack]: 'stack' };
+
+export function flowRecord(ev: FlowEvent, node: string, bootOffsetMs: number): FlowRecord {
+  return {
+    time: new Date(bootOffsetMs + Number(ev.tsNs / 1_000_000n)).toISOString(),
+    verdict: ev.verdict === Verdict.Dropped ? 'DROPPED' : 'FORWARDED',
+    ...(ev.verdict === Verdict.Dropped ? { dropReason: dropReasonName(ev.dropReason) } : {}),
+    source: { ip: ev.saddr, port: ev.sport, identity: ev.srcIdentity },
+    destination: { ip: ev.daddr, port: ev.dport, identity: ev.dstIdentity },
+    protocol: ev.proto,
+    direction: ev.direction === Direction.Ingress ? 'ingress' : ev.direction === Direction.Egress ? 'egress' : 'service',
+    path: PATH_NAMES[ev.path] ?? String(ev.path),
+    node,
+    length: ev.pktLen,
+  };
+}
+
+/** Wall-clock ms at CLOCK_MONOTONIC zero (flow timestamps are monotonic ns). */
+export function monotonicOffsetMs(): number {
+  return Date.now() - Number(process.hrtime.bigint() / 1_000_000n);
+}
+
+export class Observability {
+  private readonly registry = new client.Registry();
+  private http: Server | null = null;
+  private flowServer: NetServer | null = null;
+  private readonly subscribers = new Set<Socket>();
+  readonly invalidObjects: client.Gauge;
+  private dp: Datapath | null = null;
+
+  constructor(
+    private readonly node: string,
+    private readonly stats: () => ReconcileStats | null,
+  ) {
+    const reg = this.registry;
+    const self = this;
+    new client.Gauge({
+      name: 'meshctl_datapath_packets',
+      help: 'Packets seen by the datapath by verdict, drop reason and direction',
+      labelNames: ['verdict', 'reason', 'direction'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const m of self.dp?.metrics() ?? []) {
+          const labels = { verdict: m.reason === 0 ? 'forwarded' : 'dropped', reason: dropReasonName(m.reason), direction: String(m.direction) };
+          this.set(labels, Number(m.packets));
+        }
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_datapath_map_entries',
+      help: 'Entries in each map the agent programs',
+      labelNames: ['map'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const [map, n] of Object.entries(self.dp?.mapFill() ?? {})) this.set({ map }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_agent_reconcile_duration_seconds',
+      help: 'Duration of the last reconcile pass',
+      registers: [reg],
+      collect() {
+        this.set((self.stats()?.lastPassMs ?? 0) / 1000);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_agent_endpoints',
+      help: 'Local endpoints programmed',
+      registers: [reg],
+      collect() {
+        this.set(self.stats()?.endpoints ?? 0);
+      },
+    });
+    this.invalidObjects = new client.Gauge({
+      name: 'meshctl_agent_invalid_objects',
+      help: 'Store values skipped because they failed validation (last pass)',
+      registers: [reg],
+      collect() {
+        this.set(self.stats()?.invalidObjects ?? 0);
+      },
+    });
+  }
+
+  attachDatapath(dp: Datapath): void {
+    this.dp = dp;
+    const offset = monotonicOffsetMs();
+    dp.flows((ev) => {
+      if (this.subscribers.size === 0) return;
+      const line = JSON.stringify(flowRecord(ev, this.node, offset)) + '\n';
+      for (const s of this.subscribers) s.write(line);
+    });
+  }
+
+  /** Serve /metrics on the node's address (inside its namespace). */
+  async listenMetrics(port = METRICS_PORT): Promise<void> {
+    this.http = createHttpServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.registry
+        .metrics()
+        .then((body) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(body))
+        .catch((err: Error) => res.writeHead(500).end(err.message));
+    });
+    await new Promise<void>((resolve, reject) => this.http!.once('error', reject).listen(port, '0.0.0.0', () => resolve()));
+  }
+
+  /** Stream flows to every client of a unix socket. */
+  async listenFlows(path: string): Promise<void> {
+    rmSync(path, { force: true });
+    this.flowServer = createNetServer((sock) => {
+      this.subscribers.add(sock);
+      sock.on('close', () => this.subscribers.delete(sock));
+      sock.on('error', () => this.subscribers.delete(sock));
+    });
+    await new Promise<void>((resolve, reject) => this.flowServer!.once('error', reject).listen(path, () => resolve()));
+  }
+
+  close(): void {
+    this.http?.close();
+    this.flowServer?.close();
+    for (const s of this.subscribers) s.destroy();
+  }
+}
