@@ -49,9 +49,12 @@ export async function deleteCluster(paths: LabPaths, name: string): Promise<void
       return;
     }
     await sweepLab(lab.prefix);
+    // The underlay is gone: a state file still naming the cluster would make the next create
+    // skip building the underlay.
+    await rm(paths.stateFile, { force: true });
   });
   const lab = await readLabState(paths);
-  if (lab && Object.keys(lab.clusters).length === 0) await removeLabFiles(paths);
+  if (!lab || Object.keys(lab.clusters).length === 0) await removeLabFiles(paths);
 }
 
 /**
