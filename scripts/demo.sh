@@ -26,11 +26,13 @@ for c in c1 c2; do
 done
 
 echo
-echo "== the client pod of each cluster asks its own echo server"
+echo "== in each cluster, the client pod calls the echo Service (eBPF load balancing across nodes)"
 for c in c1 c2; do
-  ip=$(meshctl lab get pods -n demo -o json --context "$c" | node -e 'const j=JSON.parse(require("fs").readFileSync(0));console.log(j.items.find(p=>p.metadata.name==="client").status.podIP)')
-  meshctl lab exec --context "$c" demo/client -- curl -s -m 5 "http://$ip:8080/"
-  echo
+  vip=$(meshctl lab get svc -n demo -o json --context "$c" | node -e 'const j=JSON.parse(require("fs").readFileSync(0));console.log(j.items[0].spec.clusterIP)')
+  for i in 1 2 3 4; do
+    meshctl lab exec --context "$c" demo/client -- curl -s -m 5 "http://$vip/" |
+      node -e 'const r=JSON.parse(require("fs").readFileSync(0));console.log(`  ${process.argv[1]} -> ${r.cluster}/${r.node}/${r.pod}`)' "$vip" || true
+  done
 done
 
 cat <<MSG
