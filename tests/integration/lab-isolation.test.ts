@@ -1,5 +1,6 @@
 /** Two labs in two state dirs run side by side and share nothing: names, links, addresses, processes. */
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { TestLab, listNetns, requireRoot, sh } from '../helpers/lab.js';
 import { labPrefix } from '../../src/lab/state.js';
 
@@ -64,4 +65,12 @@ test('two state dirs give two labs that do not interfere', async () => {
   expect(JSON.parse(r.stdout).pod).toBe('web');
   expect((await sh('ip', ['link', 'show', `mh${pb}`])).exitCode).toBe(0);
   expect((await sh('ip', ['link', 'show', `mh${pa}`])).exitCode).not.toBe(0);
+
+  // deleting the last cluster by name takes the lab with it, and a new create starts afresh
+  await b.ok(['lab', 'delete', 'c1']);
+  expect(listNetns().filter((n) => n.startsWith(`mesh${pb}-`))).toEqual([]);
+  expect((await sh('ip', ['link', 'show', `mh${pb}`])).exitCode).not.toBe(0);
+  expect(existsSync(join(b.home, 'lab.json'))).toBe(false);
+  await b.ok(['lab', 'create', 'c1', '--id', '1', '--pod-cidr', '10.1.0.0/16', '--nodes', '1']);
+  expect((await b.json(['lab', 'list'])).clusters[0].agentsReady).toBe(1);
 });
