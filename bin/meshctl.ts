@@ -15,9 +15,10 @@ const program = new Command('meshctl')
   .addCommand(labCommand())
   .addCommand(agentCommand(), { hidden: true });
 
+const outputError = (str: string, write: (s: string) => void): void => write(`❌ ${str.replace(/^error: /, '')}`);
 for (const c of program.commands) {
-  c.exitOverride();
-  for (const sub of c.commands) sub.exitOverride();
+  c.exitOverride().configureOutput({ outputError });
+  for (const sub of c.commands) sub.exitOverride().configureOutput({ outputError });
 }
 
 try {
@@ -36,7 +37,6 @@ try {
     process.exitCode = 1;
   }
 }
-// Leftover handles (etcd channels) must not keep a finished command alive.
-if (!['agent', 'supervise'].some((c) => process.argv.includes(c))) {
-  setTimeout(() => process.exit(), 50).unref();
-}
+// Leftover handles (etcd channels) must not keep a finished command alive. Long-running
+// commands (agent, supervisor) only get here when they are shutting down.
+setTimeout(() => process.exit(), 50).unref();
