@@ -1,0 +1,415 @@
+/**
+ * Policy in the real datapath: one 2-node tunnel cluster with the echo app, NetworkPolicy and
+ * MeshNetworkPolicy objects applied and removed through the CLI, real packets from the pods, and
+ * the verdicts checked three ways: what the pods see (curl, ping, UDP echo), the flow events on
+ * each node's flow socket, and the agents' Prometheus counters (read before and after).
+ *
+ * Traffic runs with `ip netns exec <pod netns>`, which is what `lab exec` does, without starting
+ * a CLI per probe (that matters when timing how fast a removed policy stops dropping).
+ * Own state dir (and so own name prefix); cleaned up before and after. Needs root.
+ */
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { FIXTURES, TestLab, eventually, requireRoot, sh, sleep, type CliResult } from '../helpers/lab.js';
+import { labPrefix } from '../../src/lab/state.js';
+
+const lab = new TestLab('/tmp/meshctl-test-dp-policy');
+const prefix = labPrefix(lab.home);
+const CLUSTER = 'c1';
+const POLICY = join(FIXTURES, 'policy');
+const NODES = ['c1-n1', 'c1-n2'] as const;
+type NodeName = (typeof NODES)[number];
+const nodeNetns = (node: NodeName): string => `mesh${prefix}-${CLUSTER}.n${node.slice(-1)}`;
+const PROTO_ICMP = 1;
+const PROTO_TCP = 6;
+const PROTO_UDP = 17;
+
+interface Pod {
+  readonly name: string;
+  readonly ip: string;
+  readonly node: NodeName;
+  readonly netns: string;
+}
+
+interface FlowRecord {
+  readonly verdict: 'FORWARDED' | 'DROPPED';
+  readonly dropReason?: string;
+  readonly source: { ip: string; port: number; identity: number };
+  readonly destination: { ip: string; port: number; identity: number };
+  readonly protocol: number;
+  readonly direction: 'ingress' | 'egress' | 'service';
+  readonly path: string;
+  readonly node: string;
+}
+
+/** What a flow must match; unset fields match anything. */
+interface FlowFilter {
+  readonly verdict?: FlowRecord['verdict'];
+  readonly dropReason?: string;
+  readonly direction?: FlowRecord['direction'];
+  readonly protocol?: number;
+  readonly src?: string;
+  readonly sport?: number;
+  readonly dst?: string;
+  readonly dport?: number;
+}
+
+const matches = (r: FlowRecord, f: FlowFilter): boolean =>
+  (f.verdict === undefined || r.verdict === f.verdict) &&
+  (f.dropReason === undefined || r.dropReason === f.dropReason) &&
+  (f.direction === undefined || r.direction === f.direction) &&
+  (f.protocol === undefined || r.protocol === f.protocol) &&
+  (f.src === undefined || r.source.ip === f.src) &&
+  (f.sport === undefined || r.source.port === f.sport) &&
+  (f.dst === undefined || r.destination.ip === f.dst) &&
+  (f.dport === undefined || r.destination.port === f.dport);
+
+/** A subscriber of one node's flow socket that keeps every record it reads. */
+class FlowTap {
+  readonly records: FlowRecord[] = [];
+  private buf = '';
+  private constructor(private readonly sock: Socket) {
+    sock.setEncoding('utf8');
+    sock.on('data', (chunk: string) => {
+      this.buf += chunk;
+      let nl: number;
+      while ((nl = this.buf.indexOf('\n')) >= 0) {
+        const line = this.buf.slice(0, nl);
+        this.buf = this.buf.slice(nl + 1);
+        if (line.trim()) this.records.push(JSON.parse(line) as FlowRecord);
+      }
+    });
+    sock.on('error', () => undefined);
+  }
+
+  static async open(node: NodeName): Promise<FlowTap> {
+    const path = join(lab.home, 'clusters', CLUSTER, 'run', `flows-${node}.sock`);
+    const sock = connect(path);
+    await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
+    await sleep(50); // the agent adds the subscriber on accept
+    return new FlowTap(sock);
+  }
+
+  count(f: FlowFilter): number {
+    return this.records.filter((r) => matches(r, f)).length;
+  }
+
+  find(f: FlowFilter): FlowRecord | undefined {
+    return this.records.find((r) => matches(r, f));
+  }
+
+  /** Wait until at least n records match (events travel through a ring buffer and a socket). */
+  async atLeast(f: FlowFilter, n: number, timeoutMs = 10_000): Promise<number> {
+    await eventually(async () => this.count(f) >= n, timeoutMs, `${n} flow event(s) ${JSON.stringify(f)} (have ${this.count(f)})`, 50).catch(() => undefined);
+    return this.count(f);
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+/** meshctl_datapath_packets of one node: `verdict/reason/direction` → packets. */
+async function packetCounters(node: NodeName): Promise<Map<string, number>> {
+  const r = await sh('ip', ['netns', 'exec', nodeNetns(node), 'curl', '-s', '-m', '5', 'http://localhost:9962/metrics']);
+  if (r.exitCode !== 0) throw new Error(`metrics of ${node}: curl exited ${r.exitCode}: ${r.stderr}`);
+  const out = new Map<string, number>();
+  for (const line of r.stdout.split('\n')) {
+    const m = /^meshctl_datapath_packets\{([^}]*)\}\s+(\S+)$/.exec(line);
+    if (!m) continue;
+    const labels = Object.fromEntries([...m[1].matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    out.set(`${labels.verdict}/${labels.reason}/${labels.direction}`, Number(m[2]));
+  }
+  return out;
+}
+
+/** Sum of counters whose `verdict/reason/direction` key passes the filter. */
+function sumCounters(c: Map<string, number>, verdict: string, reason?: string, direction?: string): number {
+  let n = 0;
+  for (const [k, v] of c) {
+    const [vd, rs, dir] = k.split('/');
+    if (vd === verdict && (reason === undefined || rs === reason) && (direction === undefined || dir === direction)) n += v;
+  }
+  return n;
+}
+
+async function inPod(pod: Pod, argv: readonly string[]): Promise<CliResult> {
+  return sh('ip', ['netns', 'exec', pod.netns, ...argv]);
+}
+
+let localPort = 42000;
+/** One HTTP request from a fixed source port (so the 5-tuple is known); 28 = timed out. */
+async function curl(from: Pod, to: Pod, port = 8080, timeoutS = 2): Promise<{ exitCode: number; body: any; sport: number }> {
+  const sport = localPort++;
+  const r = await inPod(from, ['curl', '-s', '-m', String(timeoutS), '--local-port', String(sport), `http://${to.ip}:${port}/`]);
+  let body: any = null;
+  try {
+    body = JSON.parse(r.stdout);
+  } catch {
+    body = null;
+  }
+  return { exitCode: r.exitCode, body, sport };
+}
+
+/** Send n UDP datagrams from a fixed source port, 20 ms apart; returns how many echoes came back. */
+const UDP_SENDER = `
+const d = require('dgram').createSocket('udp4');
+const [ip, port, n, lport] = process.argv.slice(1);
+let got = 0;
+d.on('message', () => got++);
+d.bind(Number(lport), async () => {
+  for (let i = 0; i < Number(n); i++) {
+    d.send('meshctl-' + i, Number(port), ip);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  setTimeout(() => { console.log(got); d.close(); }, 1000);
+});`;
+async function udp(from: Pod, to: Pod, n: number): Promise<{ replies: number; sport: number }> {
+  const sport = localPort++;
+  const r = await inPod(from, [process.execPath, '-e', UDP_SENDER, to.ip, '9001', String(n), String(sport)]);
+  if (r.exitCode !== 0) throw new Error(`udp sender in ${from.name}: ${r.stderr}`);
+  return { replies: Number(r.stdout.trim()), sport };
+}
+
+/** n pings 100 ms apart; returns how many replies came back. */
+async function ping(from: Pod, to: Pod, n: number): Promise<number> {
+  const r = await inPod(from, ['ping', '-n', '-q', '-c', String(n), '-i', '0.1', '-W', '1', to.ip]);
+  const m = /(\d+) received/.exec(r.stdout);
+  if (!m) throw new Error(`ping from ${from.name}: ${r.stdout} ${r.stderr}`);
+  return Number(m[1]);
+}
+
+const apply = (file: string) => lab.ok(['lab', 'apply', '-f', join(POLICY, file), '--context', CLUSTER]);
+const remove = (file: string) => lab.ok(['lab', 'remove', '-f', join(POLICY, file), '--context', CLUSTER]);
+
+let client: Pod;
+let other: Pod;
+/** Echo pod on client's node / on the other node. */
+let echoNearClient: Pod;
+let echoFarFromClient: Pod;
+const taps = new Map<NodeName, FlowTap>();
+const tap = (node: NodeName): FlowTap => taps.get(node)!;
+const reported: string[] = [];
+
+/** Wait until `from` → `to` on HTTP answers (ok) or times out (denied): policy changes are asynchronous. */
+async function waitHttp(from: Pod, to: Pod, want: 'ok' | 'denied', port = 8080): Promise<void> {
+  await eventually(
+    async () => {
+      const r = await curl(from, to, port, want === 'ok' ? 2 : 1);
+      return want === 'ok' ? r.exitCode === 0 : r.exitCode === 28;
+    },
+    20_000,
+    `${from.name} → ${to.name}:${port} ${want}`,
+    200,
+  );
+}
+
+beforeAll(async () => {
+  requireRoot();
+  await lab.cleanup();
+  await lab.ok(['lab', 'create', CLUSTER, '--id', '1', '--pod-cidr', '10.1.0.0/16', '--nodes', '2']);
+  await lab.ok(['lab', 'apply', '-f', join(FIXTURES, 'echo-app.yaml'), '--context', CLUSTER]);
+  const pods = (await lab.json(['lab', 'get', 'pods', '-n', 'demo', '--context', CLUSTER])).items.map(
+    (p: any): Pod => ({ name: p.metadata.name, ip: p.status.podIP, node: p.spec.nodeName, netns: p.status.meshctl.netns }),
+  ) as Pod[];
+  client = pods.find((p) => p.name === 'client')!;
+  other = pods.find((p) => p.name === 'other')!;
+  const echos = pods.filter((p) => p.name.startsWith('echo-'));
+  echoNearClient = echos.find((p) => p.node === client.node)!;
+  echoFarFromClient = echos.find((p) => p.node !== client.node)!;
+  expect(echoNearClient).toBeDefined();
+  expect(echoFarFromClient).toBeDefined();
+  // Everyone reaches everyone before any policy.
+  for (const from of [client, other]) for (const to of echos) await waitHttp(from, to, 'ok');
+  for (const n of NODES) taps.set(n, await FlowTap.open(n));
+}, 180_000);
+
+afterAll(async () => {
+  for (const t of taps.values()) t.close();
+  if (reported.length) process.stderr.write(`datapath-policy figures:\n  ${reported.join('\n  ')}\n`);
+  await lab.cleanup();
+}, 120_000);
+
+/** Echo pods on the same node as `p` and on the other one. */
+const echoesFor = (p: Pod): { same: Pod; remote: Pod } =>
+  p.node === echoNearClient.node ? { same: echoNearClient, remote: echoFarFromClient } : { same: echoFarFromClient, remote: echoNearClient };
+
+/** Checks shared by the NetworkPolicy and the MeshNetworkPolicy that admit app=client into the echo pods. */
+async function expectIngressFromClientOnly(): Promise<void> {
+  for (const echo of [echoNearClient, echoFarFromClient]) await waitHttp(other, echo, 'denied');
+  for (const echo of [echoFarFromClient, echoNearClient]) {
+    // Allowed, and the reply came back through the echo pod's egress (conntrack REPLY).
+    const ok = await curl(client, echo);
+    expect({ to: echo.name, exitCode: ok.exitCode }).toEqual({ to: echo.name, exitCode: 0 });
+    expect(ok.body).toMatchObject({ pod: echo.name, clientIP: client.ip, clientPort: ok.sport });
+    const reply = { verdict: 'FORWARDED', direction: 'egress', protocol: PROTO_TCP, src: echo.ip, sport: 8080, dst: client.ip, dport: ok.sport } as const;
+    expect(await tap(echo.node).atLeast(reply, 1)).toBeGreaterThanOrEqual(1);
+    expect(await tap(client.node).atLeast({ ...reply, direction: 'ingress' }, 1)).toBeGreaterThanOrEqual(1);
+
+    // Denied at the echo pod's node, with the exact 5-tuple in the flow event.
+    const denied = await curl(other, echo);
+    expect({ to: echo.name, exitCode: denied.exitCode }).toEqual({ to: echo.name, exitCode: 28 });
+    const drop = { verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'ingress', protocol: PROTO_TCP, src: other.ip, sport: denied.sport, dst: echo.ip, dport: 8080 } as const;
+    expect(await tap(echo.node).atLeast(drop, 1)).toBeGreaterThanOrEqual(1);
+    const ev = tap(echo.node).find(drop)!;
+    expect(ev.node).toBe(echo.node);
+    expect(ev.path).toBe(other.node === echo.node ? 'local' : 'tunnel');
+    expect(ev.source.identity >> 16).toBe(1); // the sender's cluster-1 identity, carried in the VNI across nodes
+    expect(ev.destination.identity >> 16).toBe(1);
+    expect(ev.source.identity).not.toBe(ev.destination.identity);
+  }
+}
+
+describe('datapath policy (2-node tunnel cluster)', () => {
+  test('NetworkPolicy: echo pods admit app=client only; others dropped with POLICY_DENIED; replies pass', async () => {
+    await apply('ingress-from-client.yaml');
+    try {
+      await expectIngressFromClientOnly();
+      // Unselected pods stay open: other still reaches client (no policy selects client).
+      expect((await curl(other, client)).exitCode).toBe(0);
+    } finally {
+      await remove('ingress-from-client.yaml');
+    }
+    for (const echo of [echoNearClient, echoFarFromClient]) await waitHttp(other, echo, 'ok');
+  });
+
+  test('egress NetworkPolicy: other may open TCP 8080 to app=echo only; the rest dropped at its node; replies pass', async () => {
+    const { same, remote } = echoesFor(other);
+    await apply('egress-other-to-echo.yaml');
+    try {
+      await waitHttp(other, remote, 'denied', 9000);
+      for (const echo of [same, remote]) {
+        const ok = await curl(other, echo);
+        expect({ to: echo.name, exitCode: ok.exitCode }).toEqual({ to: echo.name, exitCode: 0 });
+        expect(ok.body).toMatchObject({ pod: echo.name, clientIP: other.ip, clientPort: ok.sport });
+        // The reply enters other as a reply of its own allowed connection.
+        const reply = { verdict: 'FORWARDED', direction: 'ingress', protocol: PROTO_TCP, src: echo.ip, sport: 8080, dst: other.ip, dport: ok.sport } as const;
+        expect(await tap(other.node).atLeast(reply, 1)).toBeGreaterThanOrEqual(1);
+
+        for (const port of [9000]) {
+          const denied = await curl(other, echo, port);
+          expect({ to: `${echo.name}:${port}`, exitCode: denied.exitCode }).toEqual({ to: `${echo.name}:${port}`, exitCode: 28 });
+          const drop = { verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'egress', protocol: PROTO_TCP, src: other.ip, sport: denied.sport, dst: echo.ip, dport: port } as const;
+          expect(await tap(other.node).atLeast(drop, 1)).toBeGreaterThanOrEqual(1);
+        }
+      }
+      // Not app=echo: denied even on the allowed port.
+      const toClient = await curl(other, client);
+      expect(toClient.exitCode).toBe(28);
+      expect(
+        await tap(other.node).atLeast({ verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'egress', src: other.ip, sport: toClient.sport, dst: client.ip, dport: 8080 }, 1),
+      ).toBeGreaterThanOrEqual(1);
+      // UDP to echo is not allowed either: nothing comes back, and every datagram is dropped at other's node.
+      const u = await udp(other, remote, 3);
+      expect(u.replies).toBe(0);
+      expect(
+        await tap(other.node).atLeast({ verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'egress', protocol: PROTO_UDP, src: other.ip, sport: u.sport, dst: remote.ip, dport: 9001 }, 3),
+      ).toBe(3);
+      // client is not selected: unaffected.
+      expect((await curl(client, echoFarFromClient)).exitCode).toBe(0);
+    } finally {
+      await remove('egress-other-to-echo.yaml');
+    }
+    await waitHttp(other, client, 'ok');
+  });
+
+  test('lab remove -f of a policy restores access within 1 s', async () => {
+    const echo = echoesFor(other).remote;
+    await apply('ingress-from-client.yaml');
+    await waitHttp(other, echo, 'denied');
+    await sleep(500);
+    await remove('ingress-from-client.yaml');
+    const removedAt = Date.now();
+    let attempts = 0;
+    for (;;) {
+      attempts++;
+      const r = await inPod(other, ['curl', '-s', '--connect-timeout', '0.1', '-m', '1', `http://${echo.ip}:8080/`]);
+      if (r.exitCode === 0) break;
+      if (Date.now() - removedAt > 10_000) throw new Error(`access not restored 10 s after lab remove (curl exit ${r.exitCode})`);
+    }
+    const ms = Date.now() - removedAt;
+    reported.push(`policy removal → access restored (other → ${echo.name} across nodes): ${ms} ms (${attempts} attempt(s))`);
+    expect(ms).toBeLessThan(1500);
+  });
+
+  test('MeshNetworkPolicy (cilium.io/v2): echo pods admit app=client only, like the NetworkPolicy', async () => {
+    await apply('mesh-ingress-from-client.yaml');
+    try {
+      await expectIngressFromClientOnly();
+      // toPorts is split by protocol: client's UDP to 9001 passes and is echoed, other's is dropped.
+      const ok = await udp(client, echoFarFromClient, 3);
+      expect(ok.replies).toBe(3);
+      const denied = await udp(other, echoFarFromClient, 3);
+      expect(denied.replies).toBe(0);
+      expect(
+        await tap(echoFarFromClient.node).atLeast(
+          { verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'ingress', protocol: PROTO_UDP, src: other.ip, sport: denied.sport, dst: echoFarFromClient.ip, dport: 9001 },
+          3,
+        ),
+      ).toBe(3);
+      // A port the policy does not list: client's ICMP echo is dropped too.
+      expect(await ping(client, echoFarFromClient, 2)).toBe(0);
+    } finally {
+      await remove('mesh-ingress-from-client.yaml');
+    }
+    for (const echo of [echoNearClient, echoFarFromClient]) await waitHttp(other, echo, 'ok');
+  });
+
+  test('flow events and counters agree with the traffic sent', async () => {
+    const N = 20;
+    const K = 10;
+    const echo = echoFarFromClient;
+
+    // N pings across nodes, no policy: N forwarded each way at both nodes.
+    const before = { src: await packetCounters(client.node), dst: await packetCounters(echo.node) };
+    const srcMark = tap(client.node).records.length;
+    const dstMark = tap(echo.node).records.length;
+    expect(await ping(client, echo, N)).toBe(N);
+    const req = { verdict: 'FORWARDED', protocol: PROTO_ICMP, src: client.ip, dst: echo.ip } as const;
+    const rep = { verdict: 'FORWARDED', protocol: PROTO_ICMP, src: echo.ip, dst: client.ip } as const;
+    const since = (t: FlowTap, mark: number, f: FlowFilter) => t.records.slice(mark).filter((r) => matches(r, f)).length;
+    await tap(client.node).atLeast({ ...rep, direction: 'ingress' }, N);
+    await tap(echo.node).atLeast({ ...rep, direction: 'egress' }, N);
+    const seen = {
+      srcEgress: since(tap(client.node), srcMark, { ...req, direction: 'egress' }),
+      srcIngress: since(tap(client.node), srcMark, { ...rep, direction: 'ingress' }),
+      dstIngress: since(tap(echo.node), dstMark, { ...req, direction: 'ingress' }),
+      dstEgress: since(tap(echo.node), dstMark, { ...rep, direction: 'egress' }),
+    };
+    const after = { src: await packetCounters(client.node), dst: await packetCounters(echo.node) };
+    const grew = {
+      srcEgress: sumCounters(after.src, 'forwarded', undefined, '2') - sumCounters(before.src, 'forwarded', undefined, '2'),
+      srcIngress: sumCounters(after.src, 'forwarded', undefined, '1') - sumCounters(before.src, 'forwarded', undefined, '1'),
+      dstIngress: sumCounters(after.dst, 'forwarded', undefined, '1') - sumCounters(before.dst, 'forwarded', undefined, '1'),
+      dstEgress: sumCounters(after.dst, 'forwarded', undefined, '2') - sumCounters(before.dst, 'forwarded', undefined, '2'),
+    };
+    reported.push(`${N} pings client → ${echo.name}: FORWARDED events ${JSON.stringify(seen)}; forwarded counters grew ${JSON.stringify(grew)}`);
+    for (const k of Object.keys(seen) as Array<keyof typeof seen>) {
+      expect({ k, events: seen[k] >= N }).toEqual({ k, events: true });
+      expect({ k, counter: grew[k] >= N }).toEqual({ k, counter: true });
+    }
+
+    // K denied pings and K denied UDP datagrams: K drops each, in events and in the counter.
+    await apply('ingress-from-client.yaml');
+    try {
+      await waitHttp(other, echo, 'denied');
+      await sleep(300);
+      const b = await packetCounters(echo.node);
+      const mark = tap(echo.node).records.length;
+      expect(await ping(other, echo, K)).toBe(0);
+      const u = await udp(other, echo, K);
+      expect(u.replies).toBe(0);
+      const dropIcmp = { verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'ingress', protocol: PROTO_ICMP, src: other.ip, dst: echo.ip } as const;
+      const dropUdp = { verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'ingress', protocol: PROTO_UDP, src: other.ip, sport: u.sport, dst: echo.ip, dport: 9001 } as const;
+      await tap(echo.node).atLeast(dropUdp, K);
+      const events = { icmp: since(tap(echo.node), mark, dropIcmp), udp: since(tap(echo.node), mark, dropUdp) };
+      const a = await packetCounters(echo.node);
+      const denied = sumCounters(a, 'dropped', 'POLICY_DENIED') - sumCounters(b, 'dropped', 'POLICY_DENIED');
+      reported.push(`${K} denied pings + ${K} denied UDP datagrams other → ${echo.name}: DROPPED events ${JSON.stringify(events)}; POLICY_DENIED counter grew ${denied}`);
+      expect(events).toEqual({ icmp: K, udp: K });
+      expect(denied).toBeGreaterThanOrEqual(2 * K);
+    } finally {
+      await remove('ingress-from-client.yaml');
+    }
+  });
+});
