@@ -1,0 +1,78 @@
+/**
+ * Small helpers the benchmarks share: the root check, progress lines on stderr, medians,
+ * a markdown table, and a wall-clock budget that aborts a run which overstays it.
+ */
+import { cpus, loadavg, release } from 'node:os';
+
+/** Stops with a clear message unless running as root (namespaces, tc and BPF all need it). */
+export function requireRoot(bench: string, why: string): void {
+  if (process.getuid?.() === 0) return;
+  process.stderr.write(`❌ ${bench} needs root (${why}); run it with sudo\n`);
+  process.exit(1);
+}
+
+/** A progress line for people, on stderr (stdout carries the JSON only). */
+export function note(msg: string): void {
+  process.stderr.write(`${msg}\n`);
+}
+
+/** Median of a non-empty list (the mean of the middle two for an even count). */
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** Rounds to `digits` decimals for tables and JSON (NaN stays NaN, printed as '-'). */
+export function round(value: number, digits = 2): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}
+
+export function fmt(value: number | null | undefined, digits = 2): string {
+  return value === null || value === undefined || !Number.isFinite(value) ? '-' : value.toFixed(digits);
+}
+
+/** A markdown table: header row, separator, rows; columns padded to their widest cell. */
+export function markdownTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
+  return [line(headers), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+/** What the machine looked like while a benchmark ran (the load matters on a shared 2-core box). */
+export function hostInfo(): { kernel: string; cpus: number; loadavg1m: number } {
+  return { kernel: release(), cpus: cpus().length, loadavg1m: round(loadavg()[0]) };
+}
+
+/**
+ * Runs `main`, then `cleanup`, also when `main` throws, on SIGINT/SIGTERM, and when
+ * `budgetMs` passes (then the run fails with a message naming the budget). Sets the exit code:
+ * 0 when main resolves true, 1 otherwise; 130 on a signal.
+ */
+export async function runBounded(name: string, budgetMs: number, main: () => Promise<boolean>, cleanup: () => Promise<void>): Promise<void> {
+  let cleaning: Promise<void> | null = null;
+  const cleanOnce = (): Promise<void> => {
+    cleaning ??= cleanup().catch((err: unknown) => note(`⚠️  ${name}: cleanup: ${(err as Error).message}`));
+    return cleaning;
+  };
+  const bail = (code: number, msg: string): void => {
+    note(msg);
+    void cleanOnce().finally(() => process.exit(code));
+  };
+  const onSignal = (sig: NodeJS.Signals): void => bail(130, `❌ ${name}: ${sig}; cleaning up`);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const timer = setTimeout(() => bail(1, `❌ ${name}: still running after its ${budgetMs / 1000}s budget; aborting and cleaning up`), budgetMs);
+  let ok = false;
+  try {
+    ok = await main();
+  } catch (err) {
+    note(`❌ ${name}: ${(err as Error).message}`);
+  } finally {
+    clearTimeout(timer);
+    await cleanOnce();
+  }
+  process.exitCode = ok ? 0 : 1;
+}
