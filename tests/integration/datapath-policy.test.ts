@@ -171,6 +171,21 @@ async function udp(from: Pod, to: Pod, n: number): Promise<{ replies: number; sp
   return { replies: Number(r.stdout.trim()), sport };
 }
 
+/** A TCP connection from a fixed source port that sends a line and waits for the echo: 0 = echoed,
+ * 7 = refused (allowed, nothing listens), 28 = timed out (dropped). */
+const TCP_CLIENT = `
+const [ip, port, lport] = process.argv.slice(1);
+const s = require('net').connect({ host: ip, port: Number(port), localPort: Number(lport) });
+s.setTimeout(2000, () => process.exit(28));
+s.on('connect', () => s.write('meshctl\\n'));
+s.on('data', () => process.exit(0));
+s.on('error', (e) => process.exit(e.code === 'ECONNREFUSED' ? 7 : 1));`;
+async function tcp(from: Pod, to: Pod, port: number): Promise<{ exitCode: number; sport: number }> {
+  const sport = localPort++;
+  const r = await inPod(from, [process.execPath, '-e', TCP_CLIENT, to.ip, String(port), String(sport)]);
+  return { exitCode: r.exitCode, sport };
+}
+
 /** n pings 100 ms apart; returns how many replies came back. */
 async function ping(from: Pod, to: Pod, n: number): Promise<number> {
   const r = await inPod(from, ['ping', '-n', '-q', '-c', String(n), '-i', '0.1', '-W', '1', to.ip]);
@@ -353,6 +368,54 @@ describe('datapath policy (2-node tunnel cluster)', () => {
       await remove('mesh-ingress-from-client.yaml');
     }
     for (const echo of [echoNearClient, echoFarFromClient]) await waitHttp(other, echo, 'ok');
+  });
+
+  test('a policy updated in place (same name) narrows what it allows', async () => {
+    const echo = echoFarFromClient;
+    await apply('ingress-from-client.yaml');
+    try {
+      await waitHttp(other, echo, 'denied');
+      expect((await curl(client, echo)).exitCode).toBe(0);
+      expect((await tcp(client, echo, 9000)).exitCode).toBe(0);
+      await apply('ingress-from-client-9000.yaml');
+      await waitHttp(client, echo, 'denied');
+      const denied = await curl(client, echo);
+      expect(denied.exitCode).toBe(28);
+      expect(
+        await tap(echo.node).atLeast({ verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'ingress', src: client.ip, sport: denied.sport, dst: echo.ip, dport: 8080 }, 1),
+      ).toBeGreaterThanOrEqual(1);
+      expect((await tcp(client, echo, 9000)).exitCode).toBe(0);
+      expect((await tcp(other, echo, 9000)).exitCode).toBe(28);
+      // Likewise on the echo pod of client's own node (local delivery).
+      await waitHttp(client, echoNearClient, 'denied');
+      expect((await tcp(client, echoNearClient, 9000)).exitCode).toBe(0);
+    } finally {
+      await remove('ingress-from-client.yaml');
+    }
+    for (const from of [client, other]) await waitHttp(from, echo, 'ok');
+  });
+
+  test('MeshNetworkPolicy (meshctl.io/v1) egress: a port without protocol is allowed on TCP and UDP, nothing else', async () => {
+    const { same, remote } = echoesFor(other);
+    await apply('mesh-egress-other-udp.yaml');
+    try {
+      await waitHttp(other, remote, 'denied');
+      for (const echo of [same, remote]) {
+        expect({ to: echo.name, replies: (await udp(other, echo, 3)).replies }).toEqual({ to: echo.name, replies: 3 });
+        // TCP 9001 passes the policy and meets a closed port: refused, not timed out.
+        expect({ to: echo.name, tcp9001: (await tcp(other, echo, 9001)).exitCode }).toEqual({ to: echo.name, tcp9001: 7 });
+        const d = await tcp(other, echo, 9000);
+        expect({ to: echo.name, tcp9000: d.exitCode }).toEqual({ to: echo.name, tcp9000: 28 });
+        expect(
+          await tap(other.node).atLeast({ verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'egress', src: other.ip, sport: d.sport, dst: echo.ip, dport: 9000 }, 1),
+        ).toBeGreaterThanOrEqual(1);
+      }
+      // client is no echo pod: its UDP echo is out of reach.
+      expect((await udp(other, client, 2)).replies).toBe(0);
+    } finally {
+      await remove('mesh-egress-other-udp.yaml');
+    }
+    await waitHttp(other, client, 'ok');
   });
 
   test('flow events and counters agree with the traffic sent', async () => {
