@@ -64,6 +64,26 @@ const one = (i) => new Promise((resolve) => {
 })();
 `;
 
+/**
+ * A TCP client run inside a pod: writes `size` bytes to the echo port (which greets with one
+ * identity line, then echoes) and prints how many bytes came back once `expect` of them have.
+ * Segments this large go out as GSO/TSO packets: the path's MTU handling is exercised too.
+ */
+const TCP_BULK_CLIENT = `
+const net = require('node:net');
+const [ip, port, size, expect] = process.argv.slice(1);
+const want = Number(expect);
+let got = 0;
+const s = net.connect(Number(port), ip, () => s.write(Buffer.alloc(Number(size), 0x61)));
+const timer = setTimeout(() => { console.log(JSON.stringify({ got, error: 'timeout' })); process.exit(1); }, 10000);
+s.on('data', (d) => {
+  got += d.length;
+  if (got >= want) { clearTimeout(timer); console.log(JSON.stringify({ got })); s.destroy(); }
+});
+s.on('error', (e) => { console.log(JSON.stringify({ got, error: e.message })); process.exit(1); });
+`;
+const BULK_BYTES = 2_000_000;
+
 interface UdpReply {
   readonly i: number;
   readonly from?: string;
@@ -242,7 +262,7 @@ describe.each(MODES)('routing $routing', (mode) => {
     }
   });
 
-  test('pods reach pods on the same node and on other nodes: ICMP, TCP, UDP', async () => {
+  test('pods reach pods on the same node and on other nodes: ICMP, TCP (and 2 MB echoed), UDP', async () => {
     const client = pod('client');
     const pairs: Array<[string, PodInfo, PodInfo]> = [
       ['same node', client, echoOn(0)],
@@ -261,6 +281,12 @@ describe.each(MODES)('routing $routing', (mode) => {
 
       const [reply] = await udp(from, to.ip, 1);
       expect({ what, ...reply }).toEqual({ what, i: 0, from: to.ip, port: 9001, line: `${mode.cluster}/${to.node}/${NS}/${to.name}` });
+
+      if (from === client) {
+        const total = BULK_BYTES + `${mode.cluster}/${to.node}/${NS}/${to.name}\n`.length;
+        const bulk = await exec(from, ['node', '-e', TCP_BULK_CLIENT, to.ip, '9000', String(BULK_BYTES), String(total)]);
+        expect({ what, exitCode: bulk.exitCode, ...JSON.parse(bulk.stdout || '{}') }).toEqual({ what, exitCode: 0, got: total });
+      }
     }
   });
 
