@@ -25,6 +25,7 @@ export interface FlowRecord {
   readonly length: number;
 }
 
+const directionName = (d: number): FlowRecord['direction'] => (d === Direction.Ingress ? 'ingress' : d === Direction.Egress ? 'egress' : 'service');
 const PATH_NAMES: Record<number, string> = { [Path.None]: 'none', [Path.Local]: 'local', [Path.Tunnel]: 'tunnel', [Path.Native]: 'native', [Path.Stack]: 'stack' };
 
 export function flowRecord(ev: FlowEvent, node: string, bootOffsetMs: number): FlowRecord {
@@ -35,7 +36,7 @@ export function flowRecord(ev: FlowEvent, node: string, bootOffsetMs: number): F
     source: { ip: ev.saddr, port: ev.sport, identity: ev.srcIdentity },
     destination: { ip: ev.daddr, port: ev.dport, identity: ev.dstIdentity },
     protocol: ev.proto,
-    direction: ev.direction === Direction.Ingress ? 'ingress' : ev.direction === Direction.Egress ? 'egress' : 'service',
+    direction: directionName(ev.direction),
     path: PATH_NAMES[ev.path] ?? String(ev.path),
     node,
     length: ev.pktLen,
@@ -69,7 +70,7 @@ export class Observability {
       collect() {
         this.reset();
         for (const m of self.dp?.metrics() ?? []) {
-          const labels = { verdict: m.reason === 0 ? 'forwarded' : 'dropped', reason: dropReasonName(m.reason), direction: String(m.direction) };
+          const labels = { verdict: m.reason === 0 ? 'forwarded' : 'dropped', reason: dropReasonName(m.reason), direction: directionName(m.direction) };
           this.set(labels, Number(m.packets));
         }
       },
