@@ -451,11 +451,13 @@ describe('datapath policy (2-node tunnel cluster)', () => {
     };
     const after = { src: await packetCounters(client.node), dst: await packetCounters(echo.node) };
     const grew = {
-      srcEgress: sumCounters(after.src, 'forwarded', undefined, '2') - sumCounters(before.src, 'forwarded', undefined, '2'),
-      srcIngress: sumCounters(after.src, 'forwarded', undefined, '1') - sumCounters(before.src, 'forwarded', undefined, '1'),
-      dstIngress: sumCounters(after.dst, 'forwarded', undefined, '1') - sumCounters(before.dst, 'forwarded', undefined, '1'),
-      dstEgress: sumCounters(after.dst, 'forwarded', undefined, '2') - sumCounters(before.dst, 'forwarded', undefined, '2'),
+      srcEgress: sumCounters(after.src, 'forwarded', undefined, 'egress') - sumCounters(before.src, 'forwarded', undefined, 'egress'),
+      srcIngress: sumCounters(after.src, 'forwarded', undefined, 'ingress') - sumCounters(before.src, 'forwarded', undefined, 'ingress'),
+      dstIngress: sumCounters(after.dst, 'forwarded', undefined, 'ingress') - sumCounters(before.dst, 'forwarded', undefined, 'ingress'),
+      dstEgress: sumCounters(after.dst, 'forwarded', undefined, 'egress') - sumCounters(before.dst, 'forwarded', undefined, 'egress'),
     };
+    // Labels read like the flow records: forwarded|dropped, a drop reason name, ingress|egress.
+    for (const k of after.src.keys()) expect(k).toMatch(/^(forwarded\/NONE|dropped\/[A-Z_]+)\/(ingress|egress)$/);
     reported.push(`${N} pings client → ${echo.name}: FORWARDED events ${JSON.stringify(seen)}; forwarded counters grew ${JSON.stringify(grew)}`);
     for (const k of Object.keys(seen) as Array<keyof typeof seen>) {
       expect({ k, events: seen[k] >= N }).toEqual({ k, events: true });
@@ -477,7 +479,7 @@ describe('datapath policy (2-node tunnel cluster)', () => {
       await tap(echo.node).atLeast(dropUdp, K);
       const events = { icmp: since(tap(echo.node), mark, dropIcmp), udp: since(tap(echo.node), mark, dropUdp) };
       const a = await packetCounters(echo.node);
-      const denied = sumCounters(a, 'dropped', 'POLICY_DENIED') - sumCounters(b, 'dropped', 'POLICY_DENIED');
+      const denied = sumCounters(a, 'dropped', 'POLICY_DENIED', 'ingress') - sumCounters(b, 'dropped', 'POLICY_DENIED', 'ingress');
       reported.push(`${K} denied pings + ${K} denied UDP datagrams other → ${echo.name}: DROPPED events ${JSON.stringify(events)}; POLICY_DENIED counter grew ${denied}`);
       expect(events).toEqual({ icmp: K, udp: K });
       expect(denied).toBeGreaterThanOrEqual(2 * K);
