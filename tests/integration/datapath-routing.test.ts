@@ -3,8 +3,9 @@
  * pod-to-pod ICMP, TCP and UDP on one node and across nodes, a ClusterIP service balancing TCP and
  * UDP over backends on every node with replies from the VIP, and what the underlay wire carries
  * (tcpdump in the underlay netns on node 1's port): VXLAN whose VNI is the source pod's identity
- * in tunnel mode, bare pod addresses in native mode, and both in hybrid mode depending on whether
- * the peer node shares node 1's VPC.
+ * in tunnel mode, bare pod addresses in native mode (within one VPC, and across two through the
+ * underlay's router), and both in hybrid mode depending on whether the peer node shares node 1's
+ * VPC.
  *
  * One cluster per mode, created and deleted in turn; the pods are reused across the checks.
  * Own state dir (so own name prefix); cleaned up before and after.
@@ -26,6 +27,7 @@ type Routing = 'tunnel' | 'native' | 'hybrid';
 type Path = 'tunnel' | 'native';
 
 interface Mode {
+  readonly label: string;
   readonly routing: Routing;
   readonly cluster: string;
   readonly id: number;
@@ -34,9 +36,11 @@ interface Mode {
 }
 
 const MODES: readonly Mode[] = [
-  { routing: 'tunnel', cluster: 'rt-tun', id: 21, podCidr: '10.121.0.0/16' },
-  { routing: 'native', cluster: 'rt-nat', id: 22, podCidr: '10.122.0.0/16' },
-  { routing: 'hybrid', cluster: 'rt-hyb', id: 23, podCidr: '10.123.0.0/16', vpcs: 'a,b' },
+  { label: 'tunnel', routing: 'tunnel', cluster: 'rt-tun', id: 21, podCidr: '10.121.0.0/16' },
+  { label: 'native', routing: 'native', cluster: 'rt-nat', id: 22, podCidr: '10.122.0.0/16' },
+  { label: 'hybrid over VPCs a,b', routing: 'hybrid', cluster: 'rt-hyb', id: 23, podCidr: '10.123.0.0/16', vpcs: 'a,b' },
+  // native beyond one VPC: the underlay's router carries the pod slices between the VPCs
+  { label: 'native over VPCs a,b', routing: 'native', cluster: 'rt-nv', id: 24, podCidr: '10.124.0.0/16', vpcs: 'a,b' },
 ];
 
 /**
@@ -185,7 +189,7 @@ afterAll(async () => {
   await lab.cleanup();
 }, 60_000);
 
-describe.each(MODES)('routing $routing', (mode) => {
+describe.each(MODES)('routing $label', (mode) => {
   const ctx = ['--context', mode.cluster];
   let nodes: NodeInfo[] = [];
   let pods: PodInfo[] = [];
@@ -269,7 +273,7 @@ describe.each(MODES)('routing $routing', (mode) => {
     expect(pods).toHaveLength(4);
     expect(pod('client').node).toBe(nodes[0].name);
     expect(nodes.map((_, i) => echoOn(i)?.node)).toEqual(nodes.map((n) => n.name));
-    if (mode.routing === 'hybrid') {
+    if (mode.vpcs) {
       // so node 1 has one peer in its VPC and one beyond it
       expect(nodes.map((n) => n.vpc)).toEqual(['a', 'b', 'a']);
       expect(nodes[1].ip.split('.')[2]).not.toBe(nodes[0].ip.split('.')[2]);
@@ -318,7 +322,7 @@ describe.each(MODES)('routing $routing', (mode) => {
     const answered = new Set(replies.map((x) => x.line!.split('/')[3]));
     expect([...answered].sort()).toEqual(backends);
     process.stderr.write(
-      `${mode.routing}: service ${vip} TCP ${countBy(answers.map((a) => a.pod))}; UDP ${countBy(replies.map((x) => x.line!.split('/')[3]))}\n`,
+      `${mode.label}: service ${vip} TCP ${countBy(answers.map((a) => a.pod))}; UDP ${countBy(replies.map((x) => x.line!.split('/')[3]))}\n`,
     );
   });
 
@@ -361,7 +365,7 @@ describe.each(MODES)('routing $routing', (mode) => {
         return (x.src === client.ip && x.dst === p.ip) || (x.src === p.ip && x.dst === client.ip);
       });
       const summary = mine.map((w) => (w.vni !== undefined ? `vxlan vni ${w.vni} ${w.outer.src}>${w.outer.dst}:${w.outer.dport} [${w.inner!.src}>${w.inner!.dst}]` : `plain ${w.outer.src}>${w.outer.dst}`));
-      process.stderr.write(`${mode.routing}: ${client.node} <-> ${node.name} (vpc ${nodes[0].vpc}/${node.vpc}) expect ${path}: ${mine.length} packets, e.g. ${summary.slice(0, 2).join('; ')}\n`);
+      process.stderr.write(`${mode.label}: ${client.node} <-> ${node.name} (vpc ${nodes[0].vpc}/${node.vpc}) expect ${path}: ${mine.length} packets, e.g. ${summary.slice(0, 2).join('; ')}\n`);
       expect(mine.length).toBeGreaterThanOrEqual(4);
       if (path === 'tunnel') {
         for (const w of mine) {
