@@ -185,6 +185,9 @@ interface Phase extends Measurement {
   readonly bpfDropped: number;
   /** Packets the client node sent through mesh_vxlan during the phase. */
   readonly vxlanTx: number;
+  /** Packets the client node's eth0 sent and the server node's eth0 received (GSO frames count once). */
+  readonly clientEth0Tx: number;
+  readonly serverEth0Rx: number;
 }
 interface VariantSummary {
   readonly throughput1Gbps: number;
@@ -377,25 +380,42 @@ class ModeBench {
     return { forwarded: Number(forwarded), dropped: Number(dropped) };
   }
 
-  private async vxlanTx(): Promise<number> {
-    const out = JSON.parse(await sh('ip', ['-n', this.client.node.netns, '-s', '-j', 'link', 'show', 'dev', VXLAN_DEVICE])) as Array<{ stats64?: { tx?: { packets?: number } } }>;
-    return out[0]?.stats64?.tx?.packets ?? 0;
+  /** Packet counters of the underlay devices along the pair's path. */
+  private async linkCounters(): Promise<{ vxlanTx: number; clientEth0Tx: number; serverEth0Rx: number }> {
+    const packets = async (netns: string, dev: string, dir: 'rx' | 'tx'): Promise<number> => {
+      const out = JSON.parse(await sh('ip', ['-n', netns, '-s', '-j', 'link', 'show', 'dev', dev])) as Array<{ stats64?: Record<string, { packets?: number }> }>;
+      return out[0]?.stats64?.[dir]?.packets ?? 0;
+    };
+    return {
+      vxlanTx: await packets(this.client.node.netns, VXLAN_DEVICE, 'tx'),
+      clientEth0Tx: await packets(this.client.node.netns, 'eth0', 'tx'),
+      serverEth0Rx: await packets(this.server.node.netns, 'eth0', 'rx'),
+    };
   }
 
   private async phase(roundNo: number, variant: Variant): Promise<Phase> {
     await this.apply(variant);
     await this.waitReachable(10_000);
     const c0 = this.bpfCounters();
-    const v0 = await this.vxlanTx();
+    const l0 = await this.linkCounters();
     const m = await this.measure();
     const c1 = this.bpfCounters();
-    const v1 = await this.vxlanTx();
+    const l1 = await this.linkCounters();
     this.check(variant, 'after');
-    const p: Phase = { round: roundNo, variant, ...m, bpfForwarded: c1.forwarded - c0.forwarded, bpfDropped: c1.dropped - c0.dropped, vxlanTx: v1 - v0 };
+    const p: Phase = {
+      round: roundNo,
+      variant,
+      ...m,
+      bpfForwarded: c1.forwarded - c0.forwarded,
+      bpfDropped: c1.dropped - c0.dropped,
+      vxlanTx: l1.vxlanTx - l0.vxlanTx,
+      clientEth0Tx: l1.clientEth0Tx - l0.clientEth0Tx,
+      serverEth0Rx: l1.serverEth0Rx - l0.serverEth0Rx,
+    };
     this.checkPath(p);
     note(
       `   ${this.mode} round ${roundNo} ${variant.padEnd(11)} 1×${fmt(p.throughput1Gbps)} 4×${fmt(p.throughput4Gbps)} Gbit/s, RTT p50 ${fmt(p.rttP50Us, 1)} µs p99 ${fmt(p.rttP99Us, 1)} µs` +
-        ` (bpf fwd ${p.bpfForwarded}, drop ${p.bpfDropped}, vxlan tx ${p.vxlanTx})`,
+        ` (bpf fwd ${p.bpfForwarded}, drop ${p.bpfDropped}; packets: vxlan tx ${p.vxlanTx}, eth0 tx ${p.clientEth0Tx} → rx ${p.serverEth0Rx})`,
     );
     return p;
   }
