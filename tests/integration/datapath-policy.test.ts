@@ -297,6 +297,18 @@ describe('datapath policy (2-node tunnel cluster)', () => {
     await apply('ingress-from-client.yaml');
     try {
       await expectIngressFromClientOnly();
+      // Through the echo Service: the backend's policy judges the translated packet (its port 8080).
+      const svc = (await lab.json(['lab', 'get', 'svc', '-n', 'demo', '--context', CLUSTER])).items[0].spec.clusterIP as string;
+      const vip: Pod = { name: 'svc/echo', ip: svc, node: client.node, netns: '' };
+      for (let i = 0; i < 3; i++) {
+        const ok = await curl(client, vip, 80);
+        expect(ok.exitCode).toBe(0);
+        expect(ok.body).toMatchObject({ clientIP: client.ip, clientPort: ok.sport });
+      }
+      const denied = await curl(other, vip, 80);
+      expect(denied.exitCode).toBe(28);
+      const drop = { verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'ingress', src: other.ip, sport: denied.sport, dport: 8080 } as const;
+      await eventually(async () => NODES.some((n) => tap(n).count(drop) >= 1), 10_000, 'a drop of other → echo Service at the backend', 50);
       // Unselected pods stay open: other still reaches client (no policy selects client).
       expect((await curl(other, client)).exitCode).toBe(0);
     } finally {
@@ -515,8 +527,15 @@ describe('datapath policy (2-node tunnel cluster)', () => {
     // Its flow socket was made anew: subscribe again, and the stream flows.
     tap(echo.node).close();
     taps.set(echo.node, await FlowTap.open(echo.node));
-    const r = await curl(other, echo);
-    expect(r.exitCode).toBe(0);
-    expect(await tap(echo.node).atLeast({ verdict: 'FORWARDED', direction: 'ingress', src: other.ip, sport: r.sport, dst: echo.ip, dport: 8080 }, 1)).toBeGreaterThanOrEqual(1);
+    await eventually(
+      async () => {
+        const r = await curl(other, echo);
+        const f = { verdict: 'FORWARDED', direction: 'ingress', src: other.ip, sport: r.sport, dst: echo.ip, dport: 8080 } as const;
+        return r.exitCode === 0 && (await tap(echo.node).atLeast(f, 1, 2000)) >= 1;
+      },
+      20_000,
+      `a flow event on the new flow socket of ${echo.node}`,
+      200,
+    );
   });
 });
