@@ -125,6 +125,15 @@ static __always_inline int pkt_parse_ipv4(struct __sk_buff *skb, struct mesh_pkt
 		p->sport = ports[0];
 		p->dport = ports[1];
 		p->has_ports = 1;
+	} else if (ip.protocol == IPPROTO_SCTP) {
+		/* Ports lead the SCTP common header too: for policy and
+		 * conntrack only (has_ports stays 0: no NAT of SCTP). */
+		__u16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+			return MESH_DROP_INVALID_PACKET;
+		p->sport = ports[0];
+		p->dport = ports[1];
 	} else if (ip.protocol == IPPROTO_ICMP) {
 		struct mesh_icmp_echo icmp;
 

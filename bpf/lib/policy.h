@@ -42,7 +42,7 @@ static __always_inline int policy_verdict(__u16 ep_id, __u8 direction, __u32 pee
 	struct mesh_policy_key key = { .ep_id = ep_id, .direction = direction };
 	int allowed = 0, denied = 0, m;
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		dport = 0;
 
 #define MESH_POLICY_TRY(id, port, l4)                        \
