@@ -49,7 +49,7 @@ export function hostInfo(): { kernel: string; cpus: number; loadavg1m: number } 
 /**
  * Runs `main`, then `cleanup`, also when `main` throws, on SIGINT/SIGTERM, and when
  * `budgetMs` passes (then the run fails with a message naming the budget). Sets the exit code:
- * 0 when main resolves true, 1 otherwise; 130 on a signal.
+ * 0 when main resolves true, 1 otherwise; 128 + the signal's number on SIGINT/SIGTERM.
  */
 export async function runBounded(name: string, budgetMs: number, main: () => Promise<boolean>, cleanup: () => Promise<void>): Promise<void> {
   let cleaning: Promise<void> | null = null;
@@ -61,7 +61,7 @@ export async function runBounded(name: string, budgetMs: number, main: () => Pro
     note(msg);
     void cleanOnce().finally(() => process.exit(code));
   };
-  const onSignal = (sig: NodeJS.Signals): void => bail(130, `❌ ${name}: ${sig}; cleaning up`);
+  const onSignal = (sig: NodeJS.Signals): void => bail(sig === 'SIGINT' ? 130 : 143, `❌ ${name}: ${sig}; cleaning up`);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const timer = setTimeout(() => bail(1, `❌ ${name}: still running after its ${budgetMs / 1000}s budget; aborting and cleaning up`), budgetMs);

@@ -120,17 +120,25 @@ interface Pod {
   readonly node: LabNode;
 }
 
+/**
+ * execa's `cleanup` registers signal-exit hooks that re-raise SIGINT/SIGTERM as soon as their count
+ * matches the listeners, killing the bench before its own handler can delete the lab. Deleting
+ * the lab kills what runs in its namespaces anyway.
+ */
+const NO_EXIT_HOOK = { cleanup: false } as const;
+
 async function meshctl(home: string, args: readonly string[], timeoutMs = 60_000): Promise<string> {
-  const r = await execa(process.execPath, [MESHCTL_BIN, ...args], { env: { MESHCTL_HOME: home }, reject: false, timeout: timeoutMs });
+  const r = await execa(process.execPath, [MESHCTL_BIN, ...args], { env: { MESHCTL_HOME: home }, reject: false, timeout: timeoutMs, ...NO_EXIT_HOOK });
   if (r.exitCode !== 0) {
-    const why = `${r.stderr}`.trim().split('\n').slice(-3).join('; ') || r.shortMessage;
+    const lines = `${r.stderr}`.split('\n').filter((l) => l.trim() && !/^\s+at /.test(l));
+    const why = lines.slice(-4).join('; ') || r.shortMessage;
     throw new Error(`meshctl ${args.join(' ')}: ${why}`);
   }
   return `${r.stdout}`;
 }
 
 async function sh(cmd: string, args: readonly string[], timeoutMs = 30_000): Promise<string> {
-  const r = await execa(cmd, args, { reject: false, timeout: timeoutMs });
+  const r = await execa(cmd, args, { reject: false, timeout: timeoutMs, ...NO_EXIT_HOOK });
   if (r.exitCode !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${`${r.stderr || r.stdout}`.trim().split('\n').slice(-2).join('; ') || r.shortMessage}`);
   return `${r.stdout}`;
 }
@@ -446,7 +454,7 @@ class ModeBench {
   private async iperf(streams: number): Promise<{ gbps: number; retransmits: number }> {
     const s = this.opts.seconds;
     const args = ['netns', 'exec', this.client.netns, 'iperf3', '-c', this.server.ip, '-p', String(IPERF_PORT), '-t', String(s), '-P', String(streams), '-J'];
-    const r = await execa('ip', args, { reject: false, timeout: (s + 20) * 1000 });
+    const r = await execa('ip', args, { reject: false, timeout: (s + 20) * 1000, ...NO_EXIT_HOOK });
     let out: { error?: string; end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { retransmits?: number } } };
     try {
       out = JSON.parse(`${r.stdout}`);
@@ -461,7 +469,7 @@ class ModeBench {
   private async sockperf(): Promise<Pick<Measurement, 'rttAvgUs' | 'rttP50Us' | 'rttP99Us'>> {
     const s = this.opts.seconds;
     const args = ['netns', 'exec', this.client.netns, 'sockperf', 'ping-pong', '--tcp', '-i', this.server.ip, '-p', String(SOCKPERF_PORT), '-t', String(s), '-m', String(SOCKPERF_MSG_BYTES), '--full-rtt'];
-    const r = await execa('ip', args, { reject: false, timeout: (s + 20) * 1000, all: true });
+    const r = await execa('ip', args, { reject: false, timeout: (s + 20) * 1000, all: true, ...NO_EXIT_HOOK });
     // sockperf colours some lines; strip the escapes before matching.
     const text = `${r.all}`.replace(/\x1b\[[0-9;]*m/g, '');
     const num = (re: RegExp): number => {
