@@ -25,6 +25,7 @@ const nodeNetns = (node: NodeName): string => `mesh${prefix}-${CLUSTER}.n${node.
 const PROTO_ICMP = 1;
 const PROTO_TCP = 6;
 const PROTO_UDP = 17;
+const PROTO_SCTP = 132;
 
 interface Pod {
   readonly name: string;
@@ -186,6 +187,20 @@ async function tcp(from: Pod, to: Pod, port: number): Promise<{ exitCode: number
   const sport = localPort++;
   const r = await inPod(from, [process.execPath, '-e', TCP_CLIENT, to.ip, String(port), String(sport)]);
   return { exitCode: r.exitCode, sport };
+}
+
+/** One SCTP INIT from a fixed source port through a raw socket (this kernel need not speak SCTP:
+ * the verdict is read from the flow events, not from an answer). */
+const SCTP_INIT = `
+import socket, struct, sys
+ip, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+s.sendto(struct.pack('!HHII', sport, port, 0, 0) + struct.pack('!BBHIIHHI', 1, 0, 20, 0x1234, 65535, 1, 1, 1), (ip, 0))`;
+async function sctpInit(from: Pod, to: Pod, port: number): Promise<number> {
+  const sport = localPort++;
+  const r = await inPod(from, ['python3', '-c', SCTP_INIT, to.ip, String(port), String(sport)]);
+  if (r.exitCode !== 0) throw new Error(`sctp sender in ${from.name}: ${r.stderr}`);
+  return sport;
 }
 
 /** n pings 100 ms apart; returns how many replies came back. */
@@ -417,7 +432,7 @@ describe('datapath policy (2-node tunnel cluster)', () => {
     for (const from of [client, other]) await waitHttp(from, echo, 'ok');
   });
 
-  test('MeshNetworkPolicy (meshctl.io/v1) egress: a port without protocol is allowed on TCP and UDP, nothing else', async () => {
+  test('MeshNetworkPolicy (meshctl.io/v1) egress: a port without protocol is allowed on TCP, UDP and SCTP, nothing else', async () => {
     const { same, remote } = echoesFor(other);
     await apply('mesh-egress-other-udp.yaml');
     try {
@@ -432,6 +447,13 @@ describe('datapath policy (2-node tunnel cluster)', () => {
           await tap(other.node).atLeast({ verdict: 'DROPPED', dropReason: 'POLICY_DENIED', direction: 'egress', src: other.ip, sport: d.sport, dst: echo.ip, dport: 9000 }, 1),
         ).toBeGreaterThanOrEqual(1);
       }
+      // SCTP too: the rule carries its port (9001 passes at other's egress, 9002 is dropped there).
+      const sctp = { protocol: PROTO_SCTP, direction: 'egress', src: other.ip, dst: remote.ip } as const;
+      const allowedSport = await sctpInit(other, remote, 9001);
+      expect(await tap(other.node).atLeast({ ...sctp, verdict: 'FORWARDED', sport: allowedSport, dport: 9001 }, 1)).toBe(1);
+      const deniedSport = await sctpInit(other, remote, 9002);
+      expect(await tap(other.node).atLeast({ ...sctp, verdict: 'DROPPED', dropReason: 'POLICY_DENIED', sport: deniedSport, dport: 9002 }, 1)).toBe(1);
+      expect(tap(other.node).count({ ...sctp, sport: allowedSport, dport: 9001, verdict: 'DROPPED' })).toBe(0);
       // client is no echo pod: its UDP echo is out of reach.
       expect((await udp(other, client, 2)).replies).toBe(0);
     } finally {
