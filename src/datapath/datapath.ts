@@ -310,7 +310,8 @@ export class Datapath {
       for (const [k, v] of map.entries()) have.set(k.toString('hex'), v);
       for (const [hex, e] of want.entries) {
         const cur = have.get(hex);
-        if (name === MapNames.policy && cur) continue; // keep the rule's counters
+        // Keep a rule's counters unless its flags (allow/deny) changed.
+        if (name === MapNames.policy && cur && cur.readUInt32LE(0) === e.value.readUInt32LE(0)) continue;
         if (!cur || !cur.equals(e.value)) {
           map.update(e.key, e.value);
           updated++;
