@@ -561,3 +561,43 @@ describe('datapath policy (2-node tunnel cluster)', () => {
     );
   });
 });
+
+describe('Datapath.sync of policy rules', () => {
+  // The compiler emits allow rules only, so the lab cannot change a rule's flags yet; the
+  // Datapath API can (setPolicy with deny). Run it in a netns of its own: open() makes a VXLAN device.
+  const netns = `mesh${prefix}-dpsync`;
+  const pinDir = `/sys/fs/bpf/meshctl-test-dpsync-${prefix}`;
+  const SCRIPT = `
+const { Datapath } = await import(process.argv[1]);
+const { Direction, MapNames, policyEntryCodec } = await import(process.argv[2]);
+const dp = await Datapath.open({ pinDir: process.argv[3], nodeIp: '10.250.9.1', nodeId: 1, clusterId: 1, routing: 'tunnel', netdev: 'lo' });
+const flags = () => [...dp.rawMap(MapNames.policy).entries()].map(([, v]) => policyEntryCodec.decode(v).flags);
+const out = [];
+dp.setPolicy(2, Direction.Ingress, [{ identity: 65537, port: 0, proto: 0 }]);
+out.push({ sync: dp.sync(), flags: flags() });
+dp.setPolicy(2, Direction.Ingress, [{ identity: 65537, port: 0, proto: 0, deny: true }]);
+out.push({ sync: dp.sync(), flags: flags() });
+out.push({ sync: dp.sync(), flags: flags() });
+dp.close();
+console.log(JSON.stringify(out));`;
+
+  test('a rule whose allow/deny flag changed is rewritten; an unchanged one is left alone', async () => {
+    requireRoot();
+    await sh('ip', ['netns', 'del', netns]);
+    await sh('rm', ['-rf', pinDir]);
+    expect((await sh('ip', ['netns', 'add', netns])).exitCode).toBe(0);
+    try {
+      const dist = join(FIXTURES, '..', 'dist', 'src', 'datapath');
+      const r = await sh('ip', ['netns', 'exec', netns, process.execPath, '--input-type=module', '-e', SCRIPT, join(dist, 'datapath.js'), join(dist, 'codecs.js'), pinDir]);
+      expect(r.stderr).toBe('');
+      expect(JSON.parse(r.stdout)).toEqual([
+        { sync: { updated: 1, deleted: 0 }, flags: [0] },
+        { sync: { updated: 1, deleted: 0 }, flags: [1] },
+        { sync: { updated: 0, deleted: 0 }, flags: [1] },
+      ]);
+    } finally {
+      await sh('ip', ['netns', 'del', netns]);
+      await sh('rm', ['-rf', pinDir]);
+    }
+  });
+});
