@@ -272,6 +272,9 @@ export async function createCluster(paths: LabPaths, opts: CreateClusterOptions)
           await waitForAgents(c, AGENTS_READY_TIMEOUT_MS);
         },
         undo: async () => {
+          // Agents report before their datapath has pinned its maps: stop them first, or a
+          // load still under way pins again under the directory removed here.
+          await stopSupervisor(paths, name);
           await rm(join(BPF_PIN_ROOT, prefix, name), { recursive: true, force: true });
         },
       },
