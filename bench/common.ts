@@ -46,33 +46,59 @@ export function hostInfo(): { kernel: string; cpus: number; loadavg1m: number } 
   return { kernel: release(), cpus: cpus().length, loadavg1m: round(loadavg()[0]) };
 }
 
+/** How long an aborted run waits for `main` to stop at its next step before cleaning up anyway. */
+const ABORT_GRACE_MS = 20_000;
+
 /**
  * Runs `main`, then `cleanup`, also when `main` throws, on SIGINT/SIGTERM, and when
- * `budgetMs` passes (then the run fails with a message naming the budget). Sets the exit code:
- * 0 when main resolves true, 1 otherwise; 128 + the signal's number on SIGINT/SIGTERM.
+ * `budgetMs` passes (then the run fails with a message naming the budget). An abort fires the
+ * signal `main` gets (it should stop at its next step and kill what it runs), calls `onAbort`
+ * so what was measured so far can still be reported, waits for `main` to stop (at most
+ * ABORT_GRACE_MS), cleans up and exits. Exit code: 0 when main resolves true, 1 otherwise,
+ * 128 + the signal's number on SIGINT/SIGTERM.
  */
-export async function runBounded(name: string, budgetMs: number, main: () => Promise<boolean>, cleanup: () => Promise<void>): Promise<void> {
+export async function runBounded(
+  name: string,
+  budgetMs: number,
+  main: (signal: AbortSignal) => Promise<boolean>,
+  cleanup: () => Promise<void>,
+  onAbort?: (why: string) => void,
+): Promise<void> {
+  const controller = new AbortController();
   let cleaning: Promise<void> | null = null;
   const cleanOnce = (): Promise<void> => {
     cleaning ??= cleanup().catch((err: unknown) => note(`⚠️  ${name}: cleanup: ${(err as Error).message}`));
     return cleaning;
   };
-  const bail = (code: number, msg: string): void => {
-    note(msg);
-    void cleanOnce().finally(() => process.exit(code));
+  let mainDone: Promise<unknown> = Promise.resolve();
+  const bail = (code: number, why: string): void => {
+    if (controller.signal.aborted) return;
+    note(`❌ ${name}: ${why}; stopping and cleaning up`);
+    controller.abort(new Error(why));
+    try {
+      onAbort?.(why);
+    } catch (err) {
+      note(`⚠️  ${name}: reporting after the abort: ${(err as Error).message}`);
+    }
+    const grace = new Promise((resolve) => setTimeout(resolve, ABORT_GRACE_MS).unref());
+    void Promise.race([mainDone.catch(() => undefined), grace])
+      .then(cleanOnce)
+      .finally(() => process.exit(code));
   };
-  const onSignal = (sig: NodeJS.Signals): void => bail(sig === 'SIGINT' ? 130 : 143, `❌ ${name}: ${sig}; cleaning up`);
+  const onSignal = (sig: NodeJS.Signals): void => bail(sig === 'SIGINT' ? 130 : 143, sig);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const timer = setTimeout(() => bail(1, `❌ ${name}: still running after its ${budgetMs / 1000}s budget; aborting and cleaning up`), budgetMs);
+  const timer = setTimeout(() => bail(1, `still running after its ${budgetMs / 1000}s budget`), budgetMs);
   let ok = false;
   try {
-    ok = await main();
+    const run = main(controller.signal);
+    mainDone = run;
+    ok = await run;
   } catch (err) {
-    note(`❌ ${name}: ${(err as Error).message}`);
+    if (!controller.signal.aborted) note(`❌ ${name}: ${(err as Error).message}`);
   } finally {
     clearTimeout(timer);
-    await cleanOnce();
+    if (!controller.signal.aborted) await cleanOnce();
   }
   process.exitCode = ok ? 0 : 1;
 }

@@ -127,8 +127,18 @@ interface Pod {
  */
 const NO_EXIT_HOOK = { cleanup: false } as const;
 
-async function meshctl(home: string, args: readonly string[], timeoutMs = 60_000): Promise<string> {
-  const r = await execa(process.execPath, [MESHCTL_BIN, ...args], { env: { MESHCTL_HOME: home }, reject: false, timeout: timeoutMs, ...NO_EXIT_HOOK });
+/** Fired when the run is cut short: commands in flight are killed and the next step throws. */
+let cancel: AbortSignal = new AbortController().signal;
+
+function execOptions(timeoutMs: number, cancellable = true): { reject: false; timeout: number; cleanup: false; cancelSignal?: AbortSignal } {
+  if (!cancellable) return { reject: false, timeout: timeoutMs, ...NO_EXIT_HOOK };
+  cancel.throwIfAborted();
+  return { reject: false, timeout: timeoutMs, ...NO_EXIT_HOOK, cancelSignal: cancel };
+}
+
+/** Runs the meshctl CLI on the bench's lab; `cancellable` false for the cleanup, which must run after an abort. */
+async function meshctl(home: string, args: readonly string[], timeoutMs = 60_000, cancellable = true): Promise<string> {
+  const r = await execa(process.execPath, [MESHCTL_BIN, ...args], { env: { MESHCTL_HOME: home }, ...execOptions(timeoutMs, cancellable) });
   if (r.exitCode !== 0) {
     const lines = `${r.stderr}`.split('\n').filter((l) => l.trim() && !/^\s+at /.test(l));
     const why = lines.slice(-4).join('; ') || r.shortMessage;
@@ -138,7 +148,7 @@ async function meshctl(home: string, args: readonly string[], timeoutMs = 60_000
 }
 
 async function sh(cmd: string, args: readonly string[], timeoutMs = 30_000): Promise<string> {
-  const r = await execa(cmd, args, { reject: false, timeout: timeoutMs, ...NO_EXIT_HOOK });
+  const r = await execa(cmd, args, execOptions(timeoutMs));
   if (r.exitCode !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${`${r.stderr || r.stdout}`.trim().split('\n').slice(-2).join('; ') || r.shortMessage}`);
   return `${r.stdout}`;
 }
@@ -329,6 +339,7 @@ class ModeBench {
         await sh('ip', ['netns', 'exec', this.client.netns, 'curl', '-sf', '--max-time', '1', `http://${this.server.ip}:8080/`], 5000);
         return;
       } catch (err) {
+        if (cancel.aborted) throw err;
         last = (err as Error).message;
       }
       if (Date.now() > deadline) throw new Error(`${this.mode}: server pod ${this.server.ip} not reachable from client after ${timeoutMs / 1000}s: ${last}`);
@@ -454,7 +465,7 @@ class ModeBench {
   private async iperf(streams: number): Promise<{ gbps: number; retransmits: number }> {
     const s = this.opts.seconds;
     const args = ['netns', 'exec', this.client.netns, 'iperf3', '-c', this.server.ip, '-p', String(IPERF_PORT), '-t', String(s), '-P', String(streams), '-J'];
-    const r = await execa('ip', args, { reject: false, timeout: (s + 20) * 1000, ...NO_EXIT_HOOK });
+    const r = await execa('ip', args, execOptions((s + 20) * 1000));
     let out: { error?: string; end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { retransmits?: number } } };
     try {
       out = JSON.parse(`${r.stdout}`);
@@ -469,7 +480,7 @@ class ModeBench {
   private async sockperf(): Promise<Pick<Measurement, 'rttAvgUs' | 'rttP50Us' | 'rttP99Us'>> {
     const s = this.opts.seconds;
     const args = ['netns', 'exec', this.client.netns, 'sockperf', 'ping-pong', '--tcp', '-i', this.server.ip, '-p', String(SOCKPERF_PORT), '-t', String(s), '-m', String(SOCKPERF_MSG_BYTES), '--full-rtt'];
-    const r = await execa('ip', args, { reject: false, timeout: (s + 20) * 1000, all: true, ...NO_EXIT_HOOK });
+    const r = await execa('ip', args, { ...execOptions((s + 20) * 1000), all: true });
     // sockperf colours some lines; strip the escapes before matching.
     const text = `${r.all}`.replace(/\x1b\[[0-9;]*m/g, '');
     const num = (re: RegExp): number => {
@@ -590,53 +601,66 @@ async function main(): Promise<void> {
     return;
   }
   const deleteLab = async (): Promise<void> => {
-    await meshctl(opts.home, ['lab', 'delete', '--all'], 120_000);
+    await meshctl(opts.home, ['lab', 'delete', '--all'], 120_000, false);
+  };
+  const startedAt = new Date().toISOString();
+  const hostBefore = hostInfo();
+  const results: ModeResult[] = [];
+  const errors: string[] = [];
+  let reported = false;
+  // Table and JSON of the modes measured so far: at the end, or when the run is cut short.
+  const report = (): void => {
+    if (reported) return;
+    reported = true;
+    const hostAfter = hostInfo();
+    if (results.length) note(`\n${table(results)}\n`);
+    note(
+      `Ratios are medians of per-round variant/baseline pairs; RTT is sockperf TCP ping-pong (${SOCKPERF_MSG_BYTES}-byte messages, full round trip).` +
+        ` Load average ${hostBefore.loadavg1m} before, ${hostAfter.loadavg1m} after (${hostAfter.cpus} CPUs).`,
+    );
+    process.stdout.write(
+      `${JSON.stringify(
+        {
+          benchmark: 'datapath',
+          startedAt,
+          finishedAt: new Date().toISOString(),
+          host: { ...hostAfter, loadavg1mBefore: hostBefore.loadavg1m },
+          options: { rounds: opts.rounds, secondsPerRun: opts.seconds, modes: opts.modes, variants: VARIANTS, sockperfMessageBytes: SOCKPERF_MSG_BYTES },
+          results,
+          errors,
+        },
+        null,
+        2,
+      )}\n`,
+    );
   };
   await runBounded(
     'bench/datapath',
     BUDGET_S * 1000,
-    async () => {
-      const startedAt = new Date().toISOString();
-      const hostBefore = hostInfo();
+    async (signal) => {
+      cancel = signal;
       note(`⌛ datapath benchmark: modes ${opts.modes.join(', ')}, ${opts.rounds} round(s) × ${VARIANTS.join('/')}, ${opts.seconds}s per run (about ${estimate}s); load ${hostBefore.loadavg1m}`);
       await deleteLab();
-      const results: ModeResult[] = [];
-      const errors: string[] = [];
       for (const m of opts.modes) {
         try {
           results.push(await new ModeBench(m, MODES[m], opts).run());
         } catch (err) {
+          if (signal.aborted) throw err;
           errors.push((err as Error).message);
           note(`❌ ${m}: ${(err as Error).message}`);
         }
         await meshctl(opts.home, ['lab', 'delete', MODES[m].cluster], 120_000).catch((err: Error) => note(`⚠️  ${err.message}`));
       }
-      const hostAfter = hostInfo();
-      if (results.length) note(`\n${table(results)}\n`);
-      note(
-        `Ratios are medians of per-round variant/baseline pairs; RTT is sockperf TCP ping-pong (${SOCKPERF_MSG_BYTES}-byte messages, full round trip).` +
-          ` Load average ${hostBefore.loadavg1m} before, ${hostAfter.loadavg1m} after (${hostAfter.cpus} CPUs).`,
-      );
-      process.stdout.write(
-        `${JSON.stringify(
-          {
-            benchmark: 'datapath',
-            startedAt,
-            finishedAt: new Date().toISOString(),
-            host: { ...hostAfter, loadavg1mBefore: hostBefore.loadavg1m },
-            options: { rounds: opts.rounds, secondsPerRun: opts.seconds, modes: opts.modes, variants: VARIANTS, sockperfMessageBytes: SOCKPERF_MSG_BYTES },
-            results,
-            errors,
-          },
-          null,
-          2,
-        )}\n`,
-      );
+      report();
       return errors.length === 0;
     },
     async () => {
       await deleteLab();
       rmSync(opts.home, { recursive: true, force: true });
+    },
+    (why) => {
+      errors.push(why);
+      report();
     },
   );
 }
