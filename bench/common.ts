@@ -2,7 +2,10 @@
  * Small helpers the benchmarks share: the root check, progress lines on stderr, medians,
  * a markdown table, and a wall-clock budget that aborts a run which overstays it.
  */
+import { execFileSync } from 'node:child_process';
 import { cpus, loadavg, release } from 'node:os';
+
+import { ROOT } from '../src/util/self.js';
 
 /** Stops with a clear message unless running as root (namespaces, tc and BPF all need it). */
 export function requireRoot(bench: string, why: string): void {
@@ -44,6 +47,16 @@ export function markdownTable(headers: readonly string[], rows: readonly (readon
 /** What the machine looked like while a benchmark ran (the load matters on a shared 2-core box). */
 export function hostInfo(): { kernel: string; cpus: number; loadavg1m: number } {
   return { kernel: release(), cpus: cpus().length, loadavg1m: round(loadavg()[0]) };
+}
+
+/** The commit measured, with `+dirty` when the work tree has changes; null outside a git checkout. */
+export function revision(): string | null {
+  try {
+    const git = (args: string[]): string => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return `${git(['rev-parse', '--short', 'HEAD'])}${git(['status', '--porcelain', '--untracked-files=no']) ? '+dirty' : ''}`;
+  } catch {
+    return null;
+  }
 }
 
 /** How long an aborted run waits for `main` to stop at its next step before cleaning up anyway. */

@@ -33,7 +33,7 @@ import { BpfMap, BpfObject, attachTc, destroyTcHook, queryTc, type TcDirection }
 import { ConfigFlags, DropReason, MapNames, ProgramNames, configCodec, metricsKeyCodec, sumPerCpuMetrics } from '../src/datapath/codecs.js';
 import { compilePrograms, nodePinDir, VXLAN_DEVICE } from '../src/datapath/datapath.js';
 import { MESHCTL_BIN } from '../src/util/self.js';
-import { fmt, hostInfo, markdownTable, median, note, requireRoot, round, runBounded } from './common.js';
+import { fmt, hostInfo, markdownTable, median, note, requireRoot, revision, round, runBounded } from './common.js';
 
 type ModeName = 'native' | 'tunnel' | 'hybrid';
 type Variant = 'baseline' | 'bpf' | 'bpf-noflows';
@@ -622,6 +622,7 @@ async function main(): Promise<void> {
       `${JSON.stringify(
         {
           benchmark: 'datapath',
+          revision: revision(),
           startedAt,
           finishedAt: new Date().toISOString(),
           host: { ...hostAfter, loadavg1mBefore: hostBefore.loadavg1m },

@@ -29,7 +29,7 @@ import { compileBpf } from '../src/datapath/compile.js';
 import { compilePrograms } from '../src/datapath/datapath.js';
 import { pidAlive } from '../src/util/exec.js';
 import { ROOT } from '../src/util/self.js';
-import { fmt, hostInfo, markdownTable, median, note, requireRoot, round, runBounded } from './common.js';
+import { fmt, hostInfo, markdownTable, median, note, requireRoot, revision, round, runBounded } from './common.js';
 
 const PIN_PARENT = join(BPFFS_MOUNT_POINT, 'meshctl-bench');
 const PIN_PREFIX = 'maps-';
@@ -270,6 +270,7 @@ async function main(): Promise<void> {
         `${JSON.stringify(
           {
             benchmark: 'maps',
+            revision: revision(),
             startedAt,
             finishedAt: new Date().toISOString(),
             host: { ...hostAfter, loadavg1mBefore: hostBefore.loadavg1m },
