@@ -107,6 +107,7 @@ export class Agent {
       try {
         await this.reconciler.start();
         this.log(`datapath ready: ${this.reconciler.stats.endpoints} endpoint(s)`);
+        this.statusKick = true;
         return;
       } catch (err) {
         this.noteError(`reconciler: ${errorMessage(err)}`);
@@ -156,6 +157,7 @@ export class Agent {
   /** A status object bound to a lease: it disappears by itself when the agent stops refreshing it. */
   private async statusLoop(): Promise<void> {
     while (!this.stopped) {
+      this.statusKick = false;
       try {
         await this.client.put(
           'meshnodestatuses',
@@ -170,9 +172,12 @@ export class Agent {
               startedAt: this.startedAt,
               updatedAt: new Date().toISOString(),
               lastError: this.reconciler?.stats.lastError || this.lastError,
-              datapath: this.reconciler
-                ? { ready: true, endpoints: this.reconciler.stats.endpoints, passes: this.reconciler.stats.passes, invalidObjects: this.reconciler.stats.invalidObjects }
-                : { ready: false },
+              datapath:
+                this.opts.datapath === false
+                  ? { ready: false, disabled: true }
+                  : this.reconciler && this.reconciler.stats.passes > 0
+                    ? { ready: true, endpoints: this.reconciler.stats.endpoints, passes: this.reconciler.stats.passes, invalidObjects: this.reconciler.stats.invalidObjects }
+                    : { ready: false },
             },
           },
           { leaseTtlSeconds: AGENT_STATUS_TTL_S },
@@ -180,7 +185,7 @@ export class Agent {
       } catch (err) {
         this.noteError(`status: ${errorMessage(err)}`);
       }
-      await this.pause(this.opts.statusIntervalMs ?? 3000);
+      await this.pause(this.opts.statusIntervalMs ?? 3000, true);
     }
   }
 
@@ -189,8 +194,11 @@ export class Agent {
     this.lastError = msg;
   }
 
-  private async pause(ms: number): Promise<void> {
+  /** Set to publish the status object now rather than at the next interval. */
+  private statusKick = false;
+
+  private async pause(ms: number, kickable = false): Promise<void> {
     const until = Date.now() + ms;
-    while (!this.stopped && Date.now() < until) await sleep(Math.min(200, until - Date.now()));
+    while (!this.stopped && !(kickable && this.statusKick) && Date.now() < until) await sleep(Math.min(100, until - Date.now()));
   }
 }

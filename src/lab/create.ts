@@ -315,8 +315,14 @@ export async function waitForAgents(c: ClusterState, timeoutMs: number): Promise
     while (Date.now() < deadline) {
       try {
         const statuses = await client.list('meshnodestatuses');
-        const live = new Set(statuses.items.map((s) => s.metadata.name));
-        missing = c.nodes.map((n) => n.name).filter((n) => !live.has(n));
+        // Ready = reporting, with the datapath programmed (or an agent that runs without one).
+        const ready = new Set<string>();
+        for (const s of statuses.items) {
+          const st = (s.status ?? {}) as { datapath?: { ready?: boolean; disabled?: boolean }; lastError?: string };
+          if (st.datapath?.ready || st.datapath?.disabled) ready.add(s.metadata.name);
+          else if (st.lastError) lastErr = `${s.metadata.name}: ${st.lastError}`;
+        }
+        missing = c.nodes.map((n) => n.name).filter((n) => !ready.has(n));
         if (missing.length === 0) return;
       } catch (err) {
         lastErr = errorMessage(err);
@@ -327,6 +333,6 @@ export async function waitForAgents(c: ClusterState, timeoutMs: number): Promise
     await client.close();
   }
   throw new OperationError(
-    `agents of ${missing.join(', ')} did not report within ${timeoutMs / 1000}s${lastErr ? `: ${lastErr}` : ''}`,
+    `agents of ${missing.join(', ')} were not ready within ${timeoutMs / 1000}s${lastErr ? `: ${lastErr}` : ''}`,
   );
 }
