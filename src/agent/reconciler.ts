@@ -194,7 +194,7 @@ export class Reconciler {
       const pol = compiled.endpoints.get(e.key) as EndpointPolicy;
       const flags = (pol.ingress.enforced ? EndpointFlags.policyIngress : 0) | (pol.egress.enforced ? EndpointFlags.policyEgress : 0);
       const st = e.pod.status as { meshctl: { netns?: string } };
-      this.dp.setEndpoint(e.ip, {
+      this.dp.upsertEndpoint(e.ip, {
         ifindex,
         lxcMac: await this.mac(e.lxc),
         podMac: await this.mac('eth0', st.meshctl.netns),
@@ -222,12 +222,12 @@ export class Reconciler {
     const wantRoutes = new Map<string, string>();
     for (const [name, n] of nodeInfo) {
       if (name === o.node) {
-        this.dp.setIpcache(`${n.ip}/32`, { identity: ReservedIdentity.host, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node | IpcacheFlags.localNode });
+        this.dp.upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.host, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node | IpcacheFlags.localNode });
         continue;
       }
       const direct = o.routing === 'native' || (o.routing === 'hybrid' && n.vpc === o.vpc);
-      this.dp.setNode(n.ip, { nodeId: n.index, clusterId: o.clusterId, flags: direct ? NodeFlags.direct : 0 });
-      this.dp.setIpcache(`${n.ip}/32`, { identity: ReservedIdentity.remoteNode, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node });
+      this.dp.upsertNode(n.ip, { nodeId: n.index, clusterId: o.clusterId, flags: direct ? NodeFlags.direct : 0 });
+      this.dp.upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.remoteNode, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node });
       if (direct && n.podCidr) wantRoutes.set(n.podCidr, n.vpc === o.vpc ? n.ip : 'gateway');
     }
     const epIdentity = new Map<string, number>();
@@ -243,14 +243,14 @@ export class Reconciler {
       if (!st.podIP || !nodeName) continue;
       if (nodeName === o.node) {
         const e = local.find((x) => x.ip === st.podIP);
-        if (e) this.dp.setIpcache(`${e.ip}/32`, { identity: e.identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 });
+        if (e) this.dp.upsertIpcache(`${e.ip}/32`, { identity: e.identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 });
         continue;
       }
       const n = nodeInfo.get(nodeName);
       if (!n) continue;
       const identity = epIdentity.get(st.podIP) ?? byHash.get(labelsHash(podIdentityLabels(pod, o.cluster)));
       if (identity === undefined) continue; // its agent has not allocated it yet; a later pass will
-      this.dp.setIpcache(`${st.podIP}/32`, { identity, tunnelIp: n.ip, nodeId: n.index, flags: 0 });
+      this.dp.upsertIpcache(`${st.podIP}/32`, { identity, tunnelIp: n.ip, nodeId: n.index, flags: 0 });
     }
     this.syncServices(services.items, pods.items);
     await this.syncRoutes(wantRoutes);
@@ -282,8 +282,8 @@ export class Reconciler {
   }
 
   private dropStaleEndpoints(wantedIps: Set<string>, wantedEpIds: Set<number>): void {
-    for (const key of this.dp.endpointIps()) if (!wantedIps.has(key)) this.dp.removeEndpoint(key);
-    for (const id of this.dp.policyEndpointIds()) if (!wantedEpIds.has(id)) this.dp.removePolicy(id);
+    for (const key of this.dp.endpointIps()) if (!wantedIps.has(key)) this.dp.deleteEndpoint(key);
+    for (const id of this.dp.policyEndpointIds()) if (!wantedEpIds.has(id)) this.dp.deletePolicy(id);
   }
 
   private syncServices(services: KubeObject[], pods: KubeObject[]): void {
@@ -300,7 +300,7 @@ export class Reconciler {
         const proto = PROTO[port.protocol ?? 'TCP'] ?? 6;
         const key = { vip: spec.clusterIP, dport: port.port, proto };
         wanted.add(`${key.vip}:${key.dport}/${proto}`);
-        this.dp.setService(
+        this.dp.upsertService(
           key,
           backends.flatMap((b) => {
             const target = resolveTargetPort(b, port.targetPort ?? port.port);
@@ -309,7 +309,7 @@ export class Reconciler {
         );
       }
     }
-    for (const k of this.dp.services()) if (!wanted.has(`${k.vip}:${k.dport}/${k.proto}`)) this.dp.removeService(k);
+    for (const k of this.dp.services()) if (!wanted.has(`${k.vip}:${k.dport}/${k.proto}`)) this.dp.deleteService(k);
   }
 
   /** Kernel routes for directly routed peers' pod slices (the FIB lookup of native routing uses them). */

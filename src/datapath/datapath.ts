@@ -3,9 +3,9 @@
  * the node's pin dir, sets up the VXLAN device, attaches programs, and keeps the maps equal to the
  * state the agent wants.
  *
- * The agent states what it wants (setEndpoint, setIpcache, setNode, setPolicy, setService, and the
- * remove* calls) and then calls sync(), which diffs that against what the pinned maps hold and
- * writes only the difference. A restarted agent therefore rebuilds its wanted state and syncs:
+ * The agent states what it wants (upsertEndpoint, upsertIpcache, upsertNode, setPolicy,
+ * upsertService, and the delete* calls) and then calls sync(), which diffs that against what the
+ * pinned maps hold and writes only the difference. A restarted agent therefore rebuilds its wanted state and syncs:
  * entries still wanted are never flushed, so traffic keeps flowing across agent restarts.
  */
 import { join } from 'node:path';
@@ -191,20 +191,20 @@ export class Datapath {
     return ifindex;
   }
 
-  setEndpoint(ipAddr: string, info: EndpointInfo): void {
+  upsertEndpoint(ipAddr: string, info: EndpointInfo): void {
     this.desired.get(MapNames.endpoints)!.set(endpointKeyCodec.encode({ ip: ipAddr, clusterId: 0 }), endpointInfoCodec.encode(info));
   }
 
-  removeEndpoint(ipAddr: string): void {
+  deleteEndpoint(ipAddr: string): void {
     this.desired.get(MapNames.endpoints)!.delete(endpointKeyCodec.encode({ ip: ipAddr, clusterId: 0 }));
   }
 
   /** `prefix` as a.b.c.d/n (or a bare address for /32). */
-  setIpcache(prefix: string, info: IpcacheInfo): void {
+  upsertIpcache(prefix: string, info: IpcacheInfo): void {
     this.desired.get(MapNames.ipcache)!.set(ipcacheKey(prefix), ipcacheInfoCodec.encode(info));
   }
 
-  removeIpcache(prefix: string): void {
+  deleteIpcache(prefix: string): void {
     this.desired.get(MapNames.ipcache)!.delete(ipcacheKey(prefix));
   }
 
@@ -213,7 +213,7 @@ export class Datapath {
     this.desired.get(MapNames.ipcache)!.entries.clear();
   }
 
-  setNode(nodeIp: string, info: NodeInfo): void {
+  upsertNode(nodeIp: string, info: NodeInfo): void {
     this.desired.get(MapNames.nodes)!.set(nodeKeyCodec.encode({ ip: nodeIp }), nodeInfoCodec.encode(info));
   }
 
@@ -235,13 +235,13 @@ export class Datapath {
   }
 
   /** Drop every rule of an endpoint (both directions). */
-  removePolicy(endpointId: number): void {
+  deletePolicy(endpointId: number): void {
     const d = this.desired.get(MapNames.policy)!;
     for (const [k, e] of [...d.entries]) if (policyKeyCodec.decode(e.key).endpointId === endpointId) d.entries.delete(k);
   }
 
   /** A ClusterIP frontend and its backends (replaces any earlier backends). */
-  setService(key: ServiceKey, backends: readonly ServiceBackend[], flags = 0): void {
+  upsertService(key: ServiceKey, backends: readonly ServiceBackend[], flags = 0): void {
     const sk = `${key.vip}:${key.dport}/${key.proto}`;
     let id = this.revNatIds.get(sk);
     if (!id) {
@@ -261,7 +261,7 @@ export class Datapath {
     this.desired.get(MapNames.revnat)!.set(revNatKeyCodec.encode({ revNatId: id }), revNatInfoCodec.encode({ vip: key.vip, port: key.dport }));
   }
 
-  removeService(key: ServiceKey): void {
+  deleteService(key: ServiceKey): void {
     const sk = `${key.vip}:${key.dport}/${key.proto}`;
     const id = this.revNatIds.get(sk);
     this.desired.get(MapNames.services)!.delete(serviceKeyCodec.encode(key));
