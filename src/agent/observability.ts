@@ -7,6 +7,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import { rmSync } from 'node:fs';
 import client from 'prom-client';
 import { Direction, Path, Verdict, dropReasonName, type FlowEvent } from '../datapath/codecs.js';
+import type { RingBuffer } from '../datapath/addon.js';
 import type { Datapath } from '../datapath/datapath.js';
 import type { ReconcileStats } from './reconciler.js';
 
@@ -55,6 +56,7 @@ export class Observability {
   private readonly subscribers = new Set<Socket>();
   readonly invalidObjects: client.Gauge;
   private dp: Datapath | null = null;
+  private ring: RingBuffer | null = null;
 
   constructor(
     private readonly node: string,
@@ -113,12 +115,35 @@ export class Observability {
 
   attachDatapath(dp: Datapath): void {
     this.dp = dp;
+    if (this.subscribers.size > 0) this.startFlows();
+  }
+
+  /**
+   * Flow events cost a ring-buffer record per packet and a consumer here, so they run only while
+   * someone subscribes. Records already in the ring from an earlier subscription are skipped.
+   */
+  private startFlows(): void {
+    if (!this.dp || this.ring) return;
     const offset = monotonicOffsetMs();
-    dp.flows((ev) => {
-      if (this.subscribers.size === 0) return;
+    const since = process.hrtime.bigint();
+    this.dp.setFlowEvents(true);
+    this.ring = this.dp.flows((ev) => {
+      if (ev.tsNs < since || this.subscribers.size === 0) return;
       const line = JSON.stringify(flowRecord(ev, this.node, offset)) + '\n';
       for (const s of this.subscribers) s.write(line);
     });
+  }
+
+  private stopFlows(): void {
+    if (!this.ring) return;
+    this.dp?.setFlowEvents(false);
+    this.ring.close();
+    this.ring = null;
+  }
+
+  private unsubscribe(sock: Socket): void {
+    this.subscribers.delete(sock);
+    if (this.subscribers.size === 0) this.stopFlows();
   }
 
   /** Serve /metrics on the node's address (inside its namespace). */
@@ -141,8 +166,9 @@ export class Observability {
     rmSync(path, { force: true });
     this.flowServer = createNetServer((sock) => {
       this.subscribers.add(sock);
-      sock.on('close', () => this.subscribers.delete(sock));
-      sock.on('error', () => this.subscribers.delete(sock));
+      this.startFlows();
+      sock.on('close', () => this.unsubscribe(sock));
+      sock.on('error', () => this.unsubscribe(sock));
     });
     await new Promise<void>((resolve, reject) => this.flowServer!.once('error', reject).listen(path, () => resolve()));
   }

@@ -14,6 +14,7 @@ import { ip } from '../util/exec.js';
 import { ROOT } from '../util/self.js';
 import { BpfMap, BpfObject, RingBuffer, attachTc, ensureBpffs, ifindexOf, type TcDirection } from './addon.js';
 import {
+  ConfigFlags,
   Direction,
   MapNames,
   ProgramNames,
@@ -65,7 +66,10 @@ export interface DatapathOptions {
   readonly netdev?: string;
   /** Compiled-object cache; default <repo>/dist/bpf-cache. */
   readonly cacheDir?: string;
-  /** Config flags (ConfigFlags); default 0 (a flow event for every packet). */
+  /**
+   * Config flags (ConfigFlags); default ConfigFlags.noFlows: no flow events until someone
+   * subscribes (setFlowEvents), since a consumer of an event per packet costs real throughput.
+   */
   readonly configFlags?: number;
 }
 
@@ -163,9 +167,10 @@ export class Datapath {
       vxlanIfindex,
       clusterId: this.opts.clusterId,
       routingMode: this.opts.routing === 'native' ? RoutingMode.Native : this.opts.routing === 'hybrid' ? RoutingMode.Hybrid : RoutingMode.Tunnel,
-      flags: this.opts.configFlags ?? 0,
+      flags: this.opts.configFlags ?? ConfigFlags.noFlows,
       netdevIfindex,
     };
+    this.config = cfg;
     this.map(MapNames.config).update(Buffer.alloc(4), configCodec.encode(cfg));
     attachTc({ ifindex: vxlanIfindex, direction: 'ingress', program: { object: this.object('from-overlay'), name: ProgramNames['from-overlay'] } });
     attachTc({ ifindex: netdevIfindex, direction: 'ingress', program: { object: this.object('from-netdev'), name: ProgramNames['from-netdev'] } });
@@ -324,6 +329,17 @@ export class Datapath {
     return { updated, deleted };
   }
 
+  private config: MeshConfig | null = null;
+
+  /** Turn the datapath's flow events on or off (counters are always kept). */
+  setFlowEvents(on: boolean): void {
+    if (!this.config) return;
+    const flags = on ? this.config.flags & ~ConfigFlags.noFlows : this.config.flags | ConfigFlags.noFlows;
+    if (flags === this.config.flags) return;
+    this.config = { ...this.config, flags };
+    this.map(MapNames.config).update(Buffer.alloc(4), configCodec.encode(this.config));
+  }
+
   /** Consume flow events; close the returned ring buffer to stop. */
   flows(onEvent: (ev: FlowEvent) => void): RingBuffer {
     const ring = RingBuffer.open(this.map(MapNames.flows), (rec) => onEvent(flowEventCodec.decode(rec)));
@@ -353,7 +369,7 @@ export class Datapath {
 
   /** Close fds and consumers. Attached programs and pinned maps stay: traffic keeps flowing. */
   close(): void {
-    for (const r of this.rings.splice(0)) r.close();
+    for (const r of this.rings.splice(0)) if (!r.closed) r.close();
     for (const m of this.maps.values()) m.close();
     this.maps.clear();
     for (const o of this.objects.splice(0)) o.close();

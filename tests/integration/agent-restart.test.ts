@@ -10,6 +10,9 @@ import { join } from 'node:path';
 import { FIXTURES, TestLab, eventually, requireRoot, sh, sleep } from '../helpers/lab.js';
 import { labPrefix } from '../../src/lab/state.js';
 import { pidAlive } from '../../src/util/exec.js';
+import { BpfMap } from '../../src/datapath/addon.js';
+import { ConfigFlags, configCodec } from '../../src/datapath/codecs.js';
+import { connect } from 'node:net';
 
 const lab = new TestLab('/tmp/meshctl-test-agent');
 const prefix = labPrefix(lab.home);
@@ -118,4 +121,27 @@ test('a corrupt object in the store is skipped, counted, and the agent keeps wor
   await sh('etcdctl', ['--endpoints', endpoint, 'del', '/registry/pods/perf/garbage']);
   await sh('etcdctl', ['--endpoints', endpoint, 'del', '/registry/services/perf/half']);
   await eventually(async () => /meshctl_agent_invalid_objects (\d+)/.exec(await metrics('r1-n1'))?.[1] === '0', 15_000, 'invalid count back to 0');
+});
+
+test('flow events run only while someone subscribes to the flow socket', async () => {
+  const cfgPath = `/sys/fs/bpf/meshctl/${prefix}/r1/r1-n1/mesh_config`;
+  const flags = (): number => {
+    const m = BpfMap.openPinned(cfgPath);
+    try {
+      return configCodec.decode(m.lookup(Buffer.alloc(4))!).flags;
+    } finally {
+      m.close();
+    }
+  };
+  expect(flags() & ConfigFlags.noFlows).toBe(ConfigFlags.noFlows);
+  const sock = connect(join(lab.home, 'clusters', 'r1', 'run', 'flows-r1-n1.sock'));
+  await new Promise<void>((resolve, reject) => sock.once('connect', () => resolve()).once('error', reject));
+  let lines = '';
+  sock.on('data', (d) => (lines += d));
+  await eventually(async () => (flags() & ConfigFlags.noFlows) === 0, 5_000, 'flow events on');
+  const server = await pod('perf', 'server');
+  expect(await curl('perf/client', server.status.podIP)).not.toBeNull();
+  await eventually(async () => lines.split('\n').some((l) => l.includes(server.status.podIP)), 5_000, 'a flow record for the request');
+  sock.destroy();
+  await eventually(async () => (flags() & ConfigFlags.noFlows) === ConfigFlags.noFlows, 5_000, 'flow events off again');
 });
