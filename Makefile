@@ -9,7 +9,7 @@ NODE := node
 MESHCTL := $(NODE) dist/bin/meshctl.js
 JEST_RESULTS := .ci/jest-results.json
 
-.PHONY: all deps deb npm build native bpf test unit demo clean
+.PHONY: all deps deb npm build native bpf test unit demo bench clean
 
 all: build
 
@@ -53,6 +53,11 @@ unit: build
 
 demo: deps build
 	bash scripts/demo.sh
+
+# Benchmarks (root; each compares with a baseline measured in the same run). Not part of `make test`.
+bench: deps build
+	$(NODE) dist/bench/maps.js
+	$(NODE) dist/bench/datapath.js
 
 clean:
 	rm -rf dist native/build $(JEST_RESULTS)
