@@ -10,6 +10,7 @@ import type { EtcdClusterClient } from '../cluster/etcd-client.js';
 import type { KubeObject } from '../cluster/types.js';
 import { Direction, EndpointFlags, IpcacheFlags, NodeFlags, ReservedIdentity } from '../datapath/codecs.js';
 import type { Datapath } from '../datapath/datapath.js';
+import { ifindexOf } from '../datapath/addon.js';
 import { parseCidr } from '../util/cidr.js';
 import { errorMessage } from '../util/errors.js';
 import { ip } from '../util/exec.js';
@@ -182,7 +183,14 @@ export class Reconciler {
 
     for (const e of local) {
       let ifindex = this.attached.get(e.lxc);
-      if (ifindex === undefined) {
+      // A pod deleted and made again between two passes has a new lxc under the same name.
+      let current: number | undefined;
+      try {
+        current = ifindexOf(e.lxc);
+      } catch {
+        current = undefined;
+      }
+      if (ifindex === undefined || ifindex !== current) {
         try {
           ifindex = this.dp.attachEndpoint(e.lxc);
         } catch (err) {

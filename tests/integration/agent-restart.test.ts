@@ -145,3 +145,12 @@ test('flow events run only while someone subscribes to the flow socket', async (
   sock.destroy();
   await eventually(async () => (flags() & ConfigFlags.noFlows) === ConfigFlags.noFlows, 5_000, 'flow events off again');
 });
+
+test('a pod deleted and made again under the same name is wired again', async () => {
+  const file = join(FIXTURES, 'agent', 'late-pod.yaml');
+  await lab.ok(['lab', 'remove', '-f', file, '--context', 'r1']);
+  await lab.ok(['lab', 'apply', '-f', file, '--context', 'r1']);
+  const late = await pod('perf', 'late');
+  const answer = await eventually(async () => curl('perf/client', late.status.podIP, 2), 10_000, 'client reaches the re-made pod');
+  expect(JSON.parse(answer!).pod).toBe('late');
+});
