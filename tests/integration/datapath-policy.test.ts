@@ -9,6 +9,7 @@
  * Own state dir (and so own name prefix); cleaned up before and after. Needs root.
  */
 import { readFileSync } from 'node:fs';
+import type { FlowRecord as AgentFlowRecord } from '../../src/agent/observability.js';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { FIXTURES, TestLab, eventually, requireRoot, sh, sleep, type CliResult } from '../helpers/lab.js';
@@ -34,16 +35,8 @@ interface Pod {
   readonly netns: string;
 }
 
-interface FlowRecord {
-  readonly verdict: 'FORWARDED' | 'DROPPED';
-  readonly dropReason?: string;
-  readonly source: { ip: string; port: number; identity: number };
-  readonly destination: { ip: string; port: number; identity: number };
-  readonly protocol: number;
-  readonly direction: 'ingress' | 'egress' | 'service';
-  readonly path: string;
-  readonly node: string;
-}
+/** What the agent streams on its flow socket (one JSON object per line). */
+type FlowRecord = AgentFlowRecord;
 
 /** What a flow must match; unset fields match anything. */
 interface FlowFilter {
