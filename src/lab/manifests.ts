@@ -1,6 +1,7 @@
 /** Parsing and validating the Kubernetes YAML that `lab apply` and `lab remove` take. */
 import YAML from 'yaml';
 import { z } from 'zod';
+import { MeshNetworkPolicySpecSchema, NetworkPolicySpecSchema } from '../cluster/policy-schema.js';
 import { isKind, RESOURCES, type Kind, type KubeObject } from '../cluster/types.js';
 import { ValidationError } from '../util/errors.js';
 
@@ -19,7 +20,6 @@ const LabelSelector = z
 const ContainerPort = z.object({ containerPort: z.number().int().min(1).max(65535), protocol: z.enum(['TCP', 'UDP', 'SCTP']).optional(), name: z.string().optional() }).passthrough();
 const Container = z.object({ name: z.string().min(1), image: z.string().min(1), ports: z.array(ContainerPort).optional() }).passthrough();
 const PodSpec = z.object({ containers: z.array(Container).min(1), nodeName: z.string().optional() }).passthrough();
-const PolicyPort = z.object({ port: z.union([z.number().int().min(1).max(65535), z.string()]).optional(), protocol: z.enum(['TCP', 'UDP', 'SCTP', 'ANY']).optional() }).passthrough();
 
 const specSchemas: Record<Kind, z.ZodTypeAny> = {
   Namespace: z.any().optional(),
@@ -50,21 +50,8 @@ const specSchemas: Record<Kind, z.ZodTypeAny> = {
         .min(1),
     })
     .passthrough(),
-  NetworkPolicy: z
-    .object({
-      podSelector: LabelSelector,
-      policyTypes: z.array(z.enum(['Ingress', 'Egress'])).optional(),
-      ingress: z.array(z.object({ from: z.array(z.any()).optional(), ports: z.array(PolicyPort).optional() }).passthrough()).optional(),
-      egress: z.array(z.object({ to: z.array(z.any()).optional(), ports: z.array(PolicyPort).optional() }).passthrough()).optional(),
-    })
-    .passthrough(),
-  MeshNetworkPolicy: z
-    .object({
-      endpointSelector: LabelSelector,
-      ingress: z.array(z.object({ fromEndpoints: z.array(LabelSelector).optional(), toPorts: z.array(z.any()).optional() }).passthrough()).optional(),
-      egress: z.array(z.object({ toEndpoints: z.array(LabelSelector).optional(), toPorts: z.array(z.any()).optional() }).passthrough()).optional(),
-    })
-    .passthrough(),
+  NetworkPolicy: NetworkPolicySpecSchema,
+  MeshNetworkPolicy: MeshNetworkPolicySpecSchema,
 };
 
 /** Kinds a user may apply. */
