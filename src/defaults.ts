@@ -55,3 +55,6 @@ export const BPF_PIN_ROOT = '/sys/fs/bpf/meshctl';
 /** Identity label keys, kept identical to Cilium's so existing manifests work. */
 export const LABEL_NAMESPACE = 'io.kubernetes.pod.namespace';
 export const LABEL_CLUSTER = 'io.cilium.k8s.policy.cluster';
+
+/** Routing protocol number on the kernel routes an agent installs (so a restarted agent finds its own). */
+export const AGENT_ROUTE_PROTO = 199;

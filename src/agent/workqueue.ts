@@ -20,6 +20,8 @@ export interface WorkQueueOptions {
   readonly retryBaseMs?: number;
   /** Largest retry delay in ms; default 5000. */
   readonly retryMaxMs?: number;
+  /** Collect keys without reconciling them until resume(); default false. */
+  readonly paused?: boolean;
 }
 
 export interface KeyError {
@@ -37,13 +39,27 @@ export class WorkQueue {
   private readonly failures = new Map<string, KeyError>();
   private running = false;
   private stopped = false;
+  private paused: boolean;
   private idleWaiters: Array<() => void> = [];
   /** Keys reconciled successfully, in total. */
   reconciled = 0;
   /** Reconciles that failed, in total. */
   failed = 0;
 
-  constructor(private readonly opts: WorkQueueOptions) {}
+  constructor(private readonly opts: WorkQueueOptions) {
+    this.paused = opts.paused ?? false;
+  }
+
+  /** Collect keys without reconciling them until resume(). */
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** Start reconciling the keys collected while paused. */
+  resume(): void {
+    this.paused = false;
+    if (this.queued.size > 0) this.kick();
+  }
 
   get name(): string {
     return this.opts.name;
@@ -85,7 +101,7 @@ export class WorkQueue {
 
   /** Resolves once nothing is queued or running (pending retries do not count). */
   idle(): Promise<void> {
-    if (!this.running && this.queued.size === 0) return Promise.resolve();
+    if (!this.running && (this.queued.size === 0 || this.paused)) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -98,7 +114,7 @@ export class WorkQueue {
   }
 
   private kick(): void {
-    if (this.running || this.stopped) return;
+    if (this.running || this.stopped || this.paused) return;
     this.running = true;
     setImmediate(() => void this.drain());
   }

@@ -82,3 +82,18 @@ describe('WorkQueue', () => {
     q.stop();
   });
 });
+
+describe('WorkQueue paused', () => {
+  test('collects keys while paused and reconciles them on resume', async () => {
+    const seen: string[] = [];
+    const q = new WorkQueue({ name: 't', paused: true, reconcile: (k) => void seen.push(k) });
+    q.add('a');
+    q.add('b');
+    await new Promise((r) => setTimeout(r, 10));
+    expect(seen).toEqual([]);
+    q.resume();
+    await q.idle();
+    expect(seen).toEqual(['a', 'b']);
+    q.stop();
+  });
+});

@@ -1,0 +1,279 @@
+/**
+ * The agent's datapath side (DESIGN §3): shared informers → one controller per concern → the
+ * datapath. It replaces the old level-based reconciler: nothing here lists the cluster or dumps a
+ * map after start; every change costs work proportional to what it touches.
+ *
+ * Start-up order: informers list and watch; their initial objects collect in paused queues; then the
+ * queues run in dependency order (policy inputs, nodes, endpoints, ipcache, services), the pending
+ * deltas are written, and leftovers of an earlier run (routes, entries nobody wants, MeshEndpoints of
+ * pods gone meanwhile) are removed. The node is ready once every key of that initial round has
+ * succeeded; errors stay per key until that key succeeds.
+ */
+import type { ClusterClient } from '../cluster/client.js';
+import type { EndpointSource } from '../cluster/endpoint-source.js';
+import type { IdentityAllocator } from '../cluster/identity.js';
+import { InformerFactory, indexers, type Informer } from '../cluster/informer.js';
+import type { KubeObject } from '../cluster/types.js';
+import type { Datapath } from '../datapath/datapath.js';
+import { errorMessage } from '../util/errors.js';
+import { labelsHash, podIdentityLabels } from './labels.js';
+import { PolicyEngine } from './policy-engine.js';
+import { EndpointsController } from './controllers/endpoints.js';
+import { IpcacheController } from './controllers/ipcache.js';
+import { NodesController } from './controllers/nodes.js';
+import { PolicyController } from './controllers/policy.js';
+import { ServicesController } from './controllers/services.js';
+import { Index, type Controller, type ControllerDeps, type Informers, type NodeIdentity } from './controllers/shared.js';
+import type { KeyError } from './workqueue.js';
+
+export interface ControllerManagerOptions {
+  readonly self: NodeIdentity;
+  readonly client: ClusterClient;
+  readonly dp: Datapath;
+  readonly identities: IdentityAllocator;
+  readonly endpointSource: EndpointSource;
+  readonly log: (msg: string) => void;
+  /** How often expired conntrack entries are collected, ms; default 5000. */
+  readonly conntrackGcMs?: number;
+  /** How often the datapath is compared with the kernel maps (drift repair), ms; default 300000. */
+  readonly repairMs?: number;
+}
+
+export interface ControllerError extends KeyError {
+  readonly controller: string;
+}
+
+export interface ManagerStats {
+  ready: boolean;
+  endpoints: number;
+  /** Kernel map writes by the datapath since start, and by the first (initial) flush. */
+  writes: { updates: number; deletes: number };
+  initialWrites: { updates: number; deletes: number } | null;
+  lastFlushMs: number;
+  flushes: number;
+  lastError: string;
+  invalidObjects: number;
+  invalid: Array<{ resource: string; key: string; reason: string }>;
+  policyProblems: Array<{ policy: string; message: string }>;
+  errors: ControllerError[];
+  queueDepth: Record<string, number>;
+  reconciled: Record<string, number>;
+  removedStaleRoutes: number;
+}
+
+export class ControllerManager {
+  readonly informers: Informers;
+  private readonly factory: InformerFactory;
+  private readonly policyEngine: PolicyEngine;
+  private readonly nodes: NodesController;
+  private readonly endpoints: EndpointsController;
+  private readonly ipcache: IpcacheController;
+  private readonly services: ServicesController;
+  private readonly policy: PolicyController;
+  private readonly order: Controller[];
+  private flushPending = false;
+  private flushEnabled = false;
+  private flushing = false;
+  private timers: NodeJS.Timeout[] = [];
+  private initialKeys: Map<Controller, Set<string>> | null = null;
+  private stopped = false;
+  readonly stats: ManagerStats = {
+    ready: false,
+    endpoints: 0,
+    writes: { updates: 0, deletes: 0 },
+    initialWrites: null,
+    lastFlushMs: 0,
+    flushes: 0,
+    lastError: '',
+    invalidObjects: 0,
+    invalid: [],
+    policyProblems: [],
+    errors: [],
+    queueDepth: {},
+    reconciled: {},
+    removedStaleRoutes: 0,
+  };
+
+  constructor(private readonly o: ControllerManagerOptions) {
+    const cluster = o.self.cluster;
+    this.factory = new InformerFactory(o.client);
+    const f = this.factory;
+    const byIdentityLabels = (p: KubeObject): string[] => [labelsHash(podIdentityLabels(p, cluster))];
+    this.informers = {
+      pods: f.informer('pods', { indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
+      nodes: f.informer('nodes'),
+      services: f.informer('services', { indexers: { [Index.servicesByNamespace]: indexers.byNamespace } }),
+      namespaces: f.informer('namespaces'),
+      networkPolicies: f.informer('networkpolicies'),
+      meshNetworkPolicies: f.informer('meshnetworkpolicies'),
+      identities: f.informer('meshidentities', { indexers: { [Index.identitiesByLabels]: (i: KubeObject) => [String((i.spec as { labelsHash?: string })?.labelsHash ?? '')] } }),
+      meshEndpoints: f.informer('meshendpoints', { indexers: { [Index.meshEndpointsByIp]: (e: KubeObject) => [String((e.spec as { ip?: string })?.ip ?? '')] } }),
+    };
+    this.policyEngine = new PolicyEngine({ clusterName: cluster });
+    const deps: ControllerDeps = {
+      self: o.self,
+      informers: this.informers,
+      dp: o.dp,
+      client: o.client,
+      identities: o.identities,
+      endpointSource: o.endpointSource,
+      policy: this.policyEngine,
+      log: o.log,
+      requestFlush: () => this.requestFlush(),
+    };
+    this.nodes = new NodesController(deps);
+    this.endpoints = new EndpointsController(deps, {
+      onIdentityChange: (ip) => this.ipcache.requeue(ip),
+      flushConntrack: (ip) => {
+        try {
+          o.dp.flushConntrack(ip);
+        } catch (err) {
+          o.log(`conntrack flush ${ip}: ${errorMessage(err)}`);
+        }
+      },
+    });
+    this.ipcache = new IpcacheController(deps, this.nodes, (ip) => this.endpoints.identityOf(ip));
+    this.nodes.onNodeMoved = (n) => this.ipcache.requeueNode(n);
+    this.services = new ServicesController(deps);
+    this.policy = new PolicyController(deps, (k) => this.endpoints.queue.add(k));
+    this.order = [this.policy, this.nodes, this.ipcache, this.endpoints, this.services];
+    for (const c of this.order) c.queue.pause();
+  }
+
+  /** Sync informers, run the initial round, write it, and clean up what an earlier run left. */
+  async start(): Promise<void> {
+    await this.nodes.adoptRoutes();
+    await this.factory.start();
+    this.initialKeys = new Map(this.order.map((c) => [c, new Set(c.initialKeys())]));
+    for (const c of this.order) {
+      for (const k of this.initialKeys.get(c)!) c.queue.add(k);
+      c.queue.resume();
+      await c.queue.idle();
+      this.policy.drain();
+    }
+    // Keys re-queued by later queues (local identities → peers → endpoint policy) settle before the
+    // first write, so a restarted agent writes its final state once.
+    await this.settle();
+    this.flushEnabled = true;
+    await this.flushNow();
+    this.stats.initialWrites = { ...this.stats.writes };
+    this.stats.removedStaleRoutes = await this.nodes.removeLeftoverRoutes();
+    await this.removeOrphanEndpoints();
+    this.updateReady();
+    const gcMs = this.o.conntrackGcMs ?? 5000;
+    this.timers.push(
+      setInterval(() => {
+        try {
+          this.o.dp.gcConntrack();
+        } catch (err) {
+          this.note(`conntrack gc: ${errorMessage(err)}`);
+        }
+      }, gcMs),
+      setInterval(() => {
+        try {
+          const r = this.o.dp.repair();
+          if (r.updated || r.deleted) this.o.log(`drift repair: ${r.updated} entries rewritten, ${r.deleted} removed`);
+        } catch (err) {
+          this.note(`drift repair: ${errorMessage(err)}`);
+        }
+      }, this.o.repairMs ?? 300_000),
+      setInterval(() => this.refreshStats(), 1000),
+    );
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.timers.splice(0)) clearInterval(t);
+    for (const c of this.order) c.queue.stop();
+    this.factory.stop();
+  }
+
+  /** Resolves once no controller has work queued or running (tests and benchmarks). */
+  async idle(): Promise<void> {
+    await this.settle();
+    await this.flushNow();
+  }
+
+  private async settle(): Promise<void> {
+    for (let round = 0; round < 20; round++) {
+      for (const c of this.order) await c.queue.idle();
+      this.policy.drain();
+      if (this.order.every((c) => c.queue.depth === 0 || c.queue.errors().length === c.queue.depth)) return;
+    }
+  }
+
+  private requestFlush(): void {
+    if (this.flushPending || this.stopped || !this.flushEnabled) return;
+    this.flushPending = true;
+    setImmediate(() => {
+      this.flushPending = false;
+      void this.flushNow();
+    });
+  }
+
+  private async flushNow(): Promise<void> {
+    if (this.flushing) {
+      this.requestFlush();
+      return;
+    }
+    this.flushing = true;
+    const t0 = performance.now();
+    try {
+      this.policy.drain();
+      const r = this.o.dp.flush();
+      this.stats.writes = { ...this.o.dp.writes };
+      this.stats.flushes++;
+      if (r.updated || r.deleted) this.o.log(`datapath: ${r.updated} entries written, ${r.deleted} removed`);
+      if (this.stats.lastError.startsWith('datapath flush:')) this.stats.lastError = '';
+    } catch (err) {
+      this.note(`datapath flush: ${errorMessage(err)}`);
+    } finally {
+      this.stats.lastFlushMs = performance.now() - t0;
+      this.flushing = false;
+    }
+    this.refreshStats();
+  }
+
+  /** MeshEndpoints this node published for pods that went while the agent was away. */
+  private async removeOrphanEndpoints(): Promise<void> {
+    for (const ep of this.informers.meshEndpoints.list()) {
+      if ((ep.spec as { node?: string })?.node !== this.o.self.node) continue;
+      const key = `${ep.metadata.namespace}/${ep.metadata.name}`;
+      const pod = this.informers.pods.get(key);
+      if (pod && (pod.spec as { nodeName?: string })?.nodeName === this.o.self.node) continue;
+      await this.o.client.delete('meshendpoints', ep.metadata.namespace, ep.metadata.name).catch((err) => this.note(`remove MeshEndpoint ${key}: ${errorMessage(err)}`));
+    }
+  }
+
+  private updateReady(): void {
+    if (this.stats.ready || !this.initialKeys) return;
+    for (const [c, keys] of this.initialKeys) {
+      for (const e of c.queue.errors()) if (keys.has(e.key)) return;
+    }
+    if (this.stats.lastError.startsWith('datapath flush:')) return;
+    this.stats.ready = true;
+    this.initialKeys = new Map();
+    this.o.log(`datapath ready: ${this.endpoints.count} endpoint(s)`);
+  }
+
+  private refreshStats(): void {
+    const s = this.stats;
+    s.endpoints = this.endpoints.count;
+    s.errors = this.order.flatMap((c) => c.queue.errors().map((e) => ({ ...e, controller: c.name })));
+    s.queueDepth = Object.fromEntries(this.order.map((c) => [c.name, c.queue.depth]));
+    s.reconciled = Object.fromEntries(this.order.map((c) => [c.name, c.queue.reconciled]));
+    const invalid: ManagerStats['invalid'] = [];
+    for (const [resource, inf] of Object.entries(this.informers) as Array<[string, Informer]>) {
+      for (const [key, reason] of inf.invalid()) invalid.push({ resource, key, reason });
+    }
+    s.invalid = invalid;
+    s.invalidObjects = invalid.length;
+    s.policyProblems = this.policyEngine.problems().map((p) => ({ policy: p.policy, message: p.message }));
+    if (!s.ready && this.initialKeys && this.initialKeys.size) this.updateReady();
+  }
+
+  private note(msg: string): void {
+    if (msg !== this.stats.lastError) this.o.log(msg);
+    this.stats.lastError = msg;
+  }
+}
