@@ -9,7 +9,10 @@ import type { ClusterClient } from '../cluster/client.js';
 import type { EtcdClusterClient } from '../cluster/etcd-client.js';
 import { Datapath, nodePinDir } from '../datapath/datapath.js';
 import { Observability } from './observability.js';
-import { Reconciler } from './reconciler.js';
+import { ControllerManager } from './controller-manager.js';
+import { EtcdIdentityAllocator } from '../cluster/identity-etcd.js';
+import { LabEndpointSource } from '../cluster/endpoint-source.js';
+import type { IdentityAllocator } from '../cluster/identity.js';
 import type { KubeObject } from '../cluster/types.js';
 import { errorMessage } from '../util/errors.js';
 import { sleep } from '../util/exec.js';
@@ -51,7 +54,8 @@ export class Agent {
   private readonly startedAt = new Date().toISOString();
   private loops: Promise<void>[] = [];
   private dp: Datapath | null = null;
-  private reconciler: Reconciler | null = null;
+  private manager: ControllerManager | null = null;
+  private identities: IdentityAllocator | null = null;
   private readonly obs: Observability;
 
   constructor(
@@ -59,7 +63,7 @@ export class Agent {
     private readonly client: ClusterClient & Pick<EtcdClusterClient, 'etcd'>,
     private readonly log: (msg: string) => void = (m) => process.stderr.write(`${new Date().toISOString()} ${m}\n`),
   ) {
-    this.obs = new Observability(opts.node, () => this.reconciler?.stats ?? null);
+    this.obs = new Observability(opts.node, () => this.manager?.stats ?? null);
   }
 
   start(): void {
@@ -69,8 +73,9 @@ export class Agent {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.reconciler?.stop();
+    this.manager?.stop();
     await Promise.allSettled(this.loops);
+    await this.identities?.stop();
     this.obs.close();
     this.dp?.close();
     await this.client.close();
@@ -97,20 +102,25 @@ export class Agent {
       }
     }
     if (this.stopped || !this.dp) return;
-    this.reconciler = new Reconciler(
-      { cluster: o.cluster, clusterId: o.clusterId, node: o.node, nodeIp: o.nodeIp, podCidr: o.podCidr, vpc: o.vpc, routing: o.routing as 'tunnel' | 'native' | 'hybrid' },
-      this.client,
-      this.dp,
-      this.log,
-    );
+    this.identities = new EtcdIdentityAllocator(this.client, { clusterId: o.clusterId, log: this.log });
     while (!this.stopped) {
+      const manager = new ControllerManager({
+        self: { cluster: o.cluster, clusterId: o.clusterId, node: o.node, nodeIp: o.nodeIp, podCidr: o.podCidr, vpc: o.vpc, routing: o.routing as 'tunnel' | 'native' | 'hybrid' },
+        client: this.client,
+        dp: this.dp,
+        identities: this.identities,
+        endpointSource: new LabEndpointSource(),
+        log: this.log,
+      });
       try {
-        await this.reconciler.start();
-        this.log(`datapath ready: ${this.reconciler.stats.endpoints} endpoint(s)`);
+        await this.identities.start();
+        await manager.start();
+        this.manager = manager;
         this.statusKick = true;
         return;
       } catch (err) {
-        this.noteError(`reconciler: ${errorMessage(err)}`);
+        manager.stop();
+        this.noteError(`controllers: ${errorMessage(err)}`);
         await this.pause(1000);
       }
     }
@@ -132,7 +142,7 @@ export class Agent {
           { type: 'Hostname', address: o.node },
         ],
         nodeInfo: { bootID: bootId() },
-        meshctl: { vpc: o.vpc, routerIP: o.routerIp, routing: o.routing },
+        meshctl: { vpc: o.vpc, routerIP: o.routerIp, routing: o.routing, nodeId: o.nodeIndex ?? 0 },
       },
     };
   }
@@ -171,13 +181,8 @@ export class Agent {
               pid: process.pid,
               startedAt: this.startedAt,
               updatedAt: new Date().toISOString(),
-              lastError: this.reconciler?.stats.lastError || this.lastError,
-              datapath:
-                this.opts.datapath === false
-                  ? { ready: false, disabled: true }
-                  : this.reconciler && this.reconciler.stats.passes > 0
-                    ? { ready: true, endpoints: this.reconciler.stats.endpoints, passes: this.reconciler.stats.passes, invalidObjects: this.reconciler.stats.invalidObjects }
-                    : { ready: false },
+              lastError: this.manager?.stats.lastError || this.lastError,
+              datapath: this.datapathStatus(),
             },
           },
           { leaseTtlSeconds: AGENT_STATUS_TTL_S },
@@ -187,6 +192,24 @@ export class Agent {
       }
       await this.pause(this.opts.statusIntervalMs ?? 3000, true);
     }
+  }
+
+  /** The datapath part of the status object: ready, counts, and every per-item error. */
+  private datapathStatus(): Record<string, unknown> {
+    if (this.opts.datapath === false) return { ready: false, disabled: true };
+    const s = this.manager?.stats;
+    if (!s) return { ready: false };
+    return {
+      ready: s.ready,
+      endpoints: s.endpoints,
+      invalidObjects: s.invalidObjects,
+      invalid: s.invalid.slice(0, 20),
+      errors: s.errors.slice(0, 50).map((e) => ({ controller: e.controller, key: e.key, message: e.message, attempts: e.attempts, since: e.since })),
+      policyProblems: s.policyProblems.slice(0, 50),
+      writes: s.writes,
+      initialWrites: s.initialWrites,
+      removedStaleRoutes: s.removedStaleRoutes,
+    };
   }
 
   private noteError(msg: string): void {

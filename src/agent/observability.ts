@@ -9,7 +9,7 @@ import client from 'prom-client';
 import { Direction, Path, Verdict, dropReasonName, type FlowEvent } from '../datapath/codecs.js';
 import type { RingBuffer } from '../datapath/addon.js';
 import type { Datapath } from '../datapath/datapath.js';
-import type { ReconcileStats } from './reconciler.js';
+import type { ManagerStats } from './controller-manager.js';
 
 export const METRICS_PORT = 9962;
 
@@ -60,7 +60,7 @@ export class Observability {
 
   constructor(
     private readonly node: string,
-    private readonly stats: () => ReconcileStats | null,
+    private readonly stats: () => ManagerStats | null,
   ) {
     const reg = this.registry;
     const self = this;
@@ -88,11 +88,60 @@ export class Observability {
       },
     });
     new client.Gauge({
-      name: 'meshctl_agent_reconcile_duration_seconds',
-      help: 'Duration of the last reconcile pass',
+      name: 'meshctl_agent_flush_duration_seconds',
+      help: 'Duration of the last write of datapath deltas',
       registers: [reg],
       collect() {
-        this.set((self.stats()?.lastPassMs ?? 0) / 1000);
+        this.set((self.stats()?.lastFlushMs ?? 0) / 1000);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_agent_ready',
+      help: '1 once the initial sync of every controller succeeded',
+      registers: [reg],
+      collect() {
+        this.set(self.stats()?.ready ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_agent_item_errors',
+      help: 'Keys whose last reconcile failed, by controller',
+      labelNames: ['controller'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        const by = new Map<string, number>();
+        for (const e of self.stats()?.errors ?? []) by.set(e.controller, (by.get(e.controller) ?? 0) + 1);
+        for (const c of Object.keys(self.stats()?.queueDepth ?? {})) this.set({ controller: c }, by.get(c) ?? 0);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_agent_queue_depth',
+      help: 'Keys queued, running or waiting for a retry, by controller',
+      labelNames: ['controller'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const [c, n] of Object.entries(self.stats()?.queueDepth ?? {})) this.set({ controller: c }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_agent_policy_problems',
+      help: 'Policies (or parts) that cannot be enforced as written; the endpoints they select deny in that direction',
+      registers: [reg],
+      collect() {
+        this.set(self.stats()?.policyProblems.length ?? 0);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_datapath_map_writes',
+      help: 'Kernel map writes by the agent since start',
+      labelNames: ['op'],
+      registers: [reg],
+      collect() {
+        const w = self.stats()?.writes;
+        this.set({ op: 'update' }, w?.updates ?? 0);
+        this.set({ op: 'delete' }, w?.deletes ?? 0);
       },
     });
     new client.Gauge({
@@ -105,7 +154,7 @@ export class Observability {
     });
     this.invalidObjects = new client.Gauge({
       name: 'meshctl_agent_invalid_objects',
-      help: 'Store values skipped because they failed validation (last pass)',
+      help: 'Store values skipped because they failed validation',
       registers: [reg],
       collect() {
         this.set(self.stats()?.invalidObjects ?? 0);
