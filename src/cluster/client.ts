@@ -10,6 +10,8 @@ export interface WatchEvent {
   readonly type: WatchEventType;
   /** For DELETED, the last known object (or a stub holding only the key's name). */
   readonly object: KubeObject;
+  /** Store revision of this change (for DELETED, the revision of the delete). */
+  readonly revision: string;
 }
 
 export interface ListResult {
@@ -18,6 +20,8 @@ export interface ListResult {
   readonly revision: string;
   /** Values that failed validation and were skipped. */
   readonly invalid: number;
+  /** The skipped values: key (`ns/name` or `name`) and why. */
+  readonly problems?: ReadonlyArray<{ readonly key: string; readonly reason: string }>;
 }
 
 export interface CreateOptions {
@@ -30,9 +34,14 @@ export interface Watch {
 }
 
 export interface WatchHandlers {
+  /** Changes in store order, one call per change. */
   readonly onEvent: (ev: WatchEvent) => void;
-  /** A value that failed validation (skipped). */
+  /** A value that failed validation (skipped); key is `ns/name` or `name`. */
   readonly onInvalid?: (key: string, reason: string) => void;
+  /**
+   * The watch has ended and delivers nothing more: ExpiredError when the store no longer holds
+   * the history to continue (list again), any other error for a lost stream. Called at most once.
+   */
   readonly onError?: (err: Error) => void;
 }
 
@@ -45,7 +54,11 @@ export interface ClusterClient {
   put(resource: string, obj: KubeObject, opts?: CreateOptions): Promise<KubeObject>;
   /** Delete; false when it did not exist. */
   delete(resource: string, namespace: string | undefined, name: string): Promise<boolean>;
-  /** Watch a resource (all namespaces) from a revision returned by list(). */
+  /**
+   * Watch a resource (all namespaces) for changes after `fromRevision` (a revision returned by
+   * list()), so list + watch sees every change exactly once. The watch never resumes by itself
+   * after an error: the caller lists again (see Informer).
+   */
   watch(resource: string, fromRevision: string, handlers: WatchHandlers): Watch;
   close(): Promise<void>;
 }
@@ -61,5 +74,19 @@ export class ConflictError extends Error {
   constructor(readonly key: string) {
     super(`${key} changed since it was read`);
     this.name = 'ConflictError';
+  }
+}
+
+/**
+ * The store no longer holds the changes a watch needs (they were compacted away): list again and
+ * watch from the new list's revision. Kubernetes answers the same case with 410 Gone.
+ */
+export class ExpiredError extends Error {
+  constructor(
+    readonly resource: string,
+    readonly revision: string,
+  ) {
+    super(`watch ${resource} from revision ${revision}: history compacted, list again`);
+    this.name = 'ExpiredError';
   }
 }

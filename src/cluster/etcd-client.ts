@@ -4,13 +4,16 @@ import { Etcd3, type IKeyValue, type Lease } from 'etcd3';
 import {
   AlreadyExistsError,
   ConflictError,
+  ExpiredError,
   type ClusterClient,
   type CreateOptions,
   type ListResult,
   type Watch,
+  type WatchEvent,
   type WatchHandlers,
 } from './client.js';
 import { KubeObjectSchema, objectKey, type KubeObject } from './types.js';
+import { wrap } from '../util/errors.js';
 
 export interface EtcdClusterClientOptions {
   /** Store URLs, e.g. http://198.18.7.10:2379. */
@@ -68,14 +71,15 @@ export class EtcdClusterClient implements ClusterClient {
     const prefix = namespace ? `/registry/${resource}/${namespace}/` : `/registry/${resource}/`;
     const r = await this.etcd.getAll().prefix(prefix).exec();
     const items: KubeObject[] = [];
-    let invalid = 0;
+    const problems: Array<{ key: string; reason: string }> = [];
+    const base = `/registry/${resource}/`.length;
     for (const kv of r.kvs) {
       const d = decode(kv);
       if (d.ok) items.push(d.obj);
-      else invalid++;
+      else problems.push({ key: kv.key.toString().slice(base), reason: d.reason });
     }
     items.sort((a, b) => keyOf(resource, a).localeCompare(keyOf(resource, b)));
-    return { items, revision: r.header.revision, invalid };
+    return { items, revision: r.header.revision, invalid: problems.length, problems };
   }
 
   async create(resource: string, obj: KubeObject, opts: CreateOptions = {}): Promise<KubeObject> {
@@ -107,60 +111,70 @@ export class EtcdClusterClient implements ClusterClient {
   }
 
   watch(resource: string, fromRevision: string, handlers: WatchHandlers): Watch {
-    let closed = false;
-    let watcher: { cancel(): Promise<void> } | null = null;
-    const last = new Map<string, KubeObject>();
-    const start = String(BigInt(fromRevision) + 1n);
-    this.etcd
-      .watch()
-      .prefix(`/registry/${resource}/`)
-      .startRevision(start)
-      .withPreviousKV()
-      .create()
-      .then((w) => {
-        if (closed) {
-          void w.cancel();
-          return;
-        }
-        watcher = w;
-        // A handler must never throw into the etcd client's stream (that would kill the process).
-        const safe =
-          <A extends unknown[]>(fn: (...a: A) => void) =>
-          (...a: A): void => {
-            try {
-              fn(...a);
-            } catch (err) {
-              handlers.onError?.(err instanceof Error ? err : new Error(String(err)));
-            }
-          };
-        w.on('put', safe((kv: IKeyValue, prev?: IKeyValue) => {
-          const key = kv.key.toString();
-          const d = decode(kv);
-          if (!d.ok) {
-            handlers.onInvalid?.(key, d.reason);
-            return;
-          }
-          const existed = last.has(key) || (prev != null && prev.value.length > 0) || kv.version !== '1';
-          last.set(key, d.obj);
-          handlers.onEvent({ type: existed ? 'MODIFIED' : 'ADDED', object: d.obj });
-        }));
-        w.on('delete', safe((kv: IKeyValue, prev?: IKeyValue) => {
-          const key = kv.key.toString();
-          let obj = last.get(key);
-          if (!obj && prev != null) {
-            const d = decode(prev);
-            if (d.ok) obj = d.obj;
-          }
-          last.delete(key);
-          handlers.onEvent({ type: 'DELETED', object: obj ?? stubFromKey(key) });
-        }));
-        w.on('error', (err) => handlers.onError?.(err));
-      })
-      .catch((err: Error) => handlers.onError?.(err));
+    const prefix = `/registry/${resource}/`;
+    // First revision not yet delivered; advanced by events and progress notifications only (a
+    // response header's revision can run ahead of events still to come while etcd catches up).
+    let next = BigInt(fromRevision) + 1n;
+    let ended = false;
+    const watcher = this.etcd.watch().prefix(prefix).startRevision(String(next)).withPreviousKV().watcher();
+    const end = (err: Error, cancel: boolean): void => {
+      if (ended) return;
+      ended = true;
+      watcher.removeAllListeners();
+      // The library would re-attach a disconnected watcher from a revision of its own choosing.
+      if (cancel) void watcher.cancel().catch(() => undefined);
+      handlers.onError?.(err);
+    };
+    // A handler must never throw into the etcd client's stream (that would kill the process).
+    const deliver = (ev: WatchEvent): void => {
+      if (ended) return;
+      try {
+        handlers.onEvent(ev);
+      } catch (err) {
+        end(wrap(`watch ${resource}: event handler`, err), true);
+      }
+    };
+    watcher.on('put', (kv: IKeyValue) => {
+      if (ended) return;
+      const rev = BigInt(kv.mod_revision);
+      if (rev >= next) next = rev + 1n;
+      const d = decode(kv);
+      if (!d.ok) {
+        handlers.onInvalid?.(kv.key.toString().slice(prefix.length), d.reason);
+        return;
+      }
+      deliver({ type: kv.version === '1' ? 'ADDED' : 'MODIFIED', object: d.obj, revision: kv.mod_revision });
+    });
+    watcher.on('delete', (kv: IKeyValue, prev?: IKeyValue) => {
+      if (ended) return;
+      const rev = BigInt(kv.mod_revision);
+      if (rev >= next) next = rev + 1n;
+      const d = prev && prev.value.length > 0 ? decode(prev) : undefined;
+      const key = kv.key.toString();
+      deliver({ type: 'DELETED', object: d?.ok ? d.obj : stubFromKey(key), revision: kv.mod_revision });
+    });
+    watcher.on('data', (res: { events: unknown[]; header: { revision: string } }) => {
+      // A progress notification (no events) means every change up to its revision was sent.
+      if (res.events.length === 0 && BigInt(res.header.revision) >= next) next = BigInt(res.header.revision) + 1n;
+    });
+    watcher.on('disconnected', (err: Error) => end(wrap(`watch ${resource}`, err), true));
+    // The server cancelled the watch; it gives no reason for a compaction, so ask for the revision.
+    watcher.on('error', (err: Error) => {
+      if (ended) return;
+      const from = String(next);
+      void this.etcd.kv
+        .range({ key: Buffer.from(prefix), limit: 1, keys_only: true, revision: from })
+        .then(
+          () => end(wrap(`watch ${resource}`, err), false),
+          (probe: Error) => end(/compacted/.test(probe.message) ? new ExpiredError(resource, from) : wrap(`watch ${resource}`, err), false),
+        );
+    });
     return {
       close() {
-        closed = true;
-        if (watcher) void watcher.cancel();
+        if (ended) return;
+        ended = true;
+        watcher.removeAllListeners();
+        void watcher.cancel().catch(() => undefined);
       },
     };
   }
