@@ -16,6 +16,7 @@ import { InformerFactory, indexers, type Informer } from '../cluster/informer.js
 import type { KubeObject } from '../cluster/types.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { errorMessage } from '../util/errors.js';
+import { compactMeshEndpoint, compactPod } from './compact.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
 import { PolicyEngine } from './policy-engine.js';
 import { EndpointsController } from './controllers/endpoints.js';
@@ -100,14 +101,14 @@ export class ControllerManager {
     const f = this.factory;
     const byIdentityLabels = (p: KubeObject): string[] => [labelsHash(podIdentityLabels(p, cluster))];
     this.informers = {
-      pods: f.informer('pods', { indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
+      pods: f.informer('pods', { parse: compactPod, indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
       nodes: f.informer('nodes'),
       services: f.informer('services', { indexers: { [Index.servicesByNamespace]: indexers.byNamespace } }),
       namespaces: f.informer('namespaces'),
       networkPolicies: f.informer('networkpolicies'),
       meshNetworkPolicies: f.informer('meshnetworkpolicies'),
       identities: f.informer('meshidentities', { indexers: { [Index.identitiesByLabels]: (i: KubeObject) => [String((i.spec as { labelsHash?: string })?.labelsHash ?? '')] } }),
-      meshEndpoints: f.informer('meshendpoints', { indexers: { [Index.meshEndpointsByIp]: (e: KubeObject) => [String((e.spec as { ip?: string })?.ip ?? '')] } }),
+      meshEndpoints: f.informer('meshendpoints', { parse: compactMeshEndpoint, indexers: { [Index.meshEndpointsByIp]: (e: KubeObject) => [String((e.spec as { ip?: string })?.ip ?? '')] } }),
     };
     this.policyEngine = new PolicyEngine({ clusterName: cluster });
     const deps: ControllerDeps = {
