@@ -1,4 +1,5 @@
 import type { ClusterClient } from '../../src/cluster/client.js';
+import { LabEndpointSource } from '../../src/cluster/endpoint-source.js';
 import { Informer } from '../../src/cluster/informer.js';
 import { nodeInternalIP, parseDeployment, parseNamespace, parseNode, parsePod, parseService, type Pod } from '../../src/cluster/schemas.js';
 import { parseManifests } from '../../src/lab/manifests.js';
@@ -116,6 +117,15 @@ describe('schemas', () => {
     );
     const pod = 'apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, containers: [{name: a, image: b}]}\n';
     expect(() => parseManifests(pod, 'f.yaml')).toThrow(/^invalid Pod p in f\.yaml \(document 1\): spec\.hostNetwork: hostNetwork pods are not supported/);
+  });
+
+  test('the lab endpoint source reads the wiring lab apply recorded', () => {
+    const src = new LabEndpointSource();
+    const p = parsePod(storedPod()) as Pod;
+    expect(src.endpointOf(p)).toEqual({ ip: '10.1.0.5', ifname: 'lxc1234abcd', netns: 'meshab12-c1-p1' });
+    const pending = parsePod(with_(storedPod(), ['status'], { phase: 'Pending' })) as Pod;
+    expect(src.endpointOf(pending)).toBeNull();
+    expect(src.endpointOf(parsePod(with_(storedPod(), ['status', 'podIP'], undefined)) as Pod)).toBeNull();
   });
 
   test('parsed kinds plug into an informer', () => {
