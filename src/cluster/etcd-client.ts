@@ -117,10 +117,16 @@ export class EtcdClusterClient implements ClusterClient {
     let next = BigInt(fromRevision) + 1n;
     let ended = false;
     const watcher = this.etcd.watch().prefix(prefix).startRevision(String(next)).withPreviousKV().watcher();
+    // Drop our listeners, but keep one for 'error': a late cancel response would otherwise throw
+    // from the client's stream handler.
+    const quiet = (): void => {
+      watcher.removeAllListeners();
+      watcher.on('error', () => undefined);
+    };
     const end = (err: Error, cancel: boolean): void => {
       if (ended) return;
       ended = true;
-      watcher.removeAllListeners();
+      quiet();
       // The library would re-attach a disconnected watcher from a revision of its own choosing.
       if (cancel) void watcher.cancel().catch(() => undefined);
       handlers.onError?.(err);
@@ -173,7 +179,7 @@ export class EtcdClusterClient implements ClusterClient {
       close() {
         if (ended) return;
         ended = true;
-        watcher.removeAllListeners();
+        quiet();
         void watcher.cancel().catch(() => undefined);
       },
     };

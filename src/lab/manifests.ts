@@ -1,55 +1,24 @@
 /** Parsing and validating the Kubernetes YAML that `lab apply` and `lab remove` take. */
 import YAML from 'yaml';
 import { z } from 'zod';
-import { MeshNetworkPolicySpecSchema, NetworkPolicySpecSchema } from '../cluster/policy-schema.js';
+import { LabelSelectorSchema, LabelsSchema, MeshNetworkPolicySpecSchema, NetworkPolicySpecSchema } from '../cluster/policy-schema.js';
+import { SPEC_SCHEMAS } from '../cluster/schemas.js';
 import { isKind, RESOURCES, type Kind, type KubeObject } from '../cluster/types.js';
 import { ValidationError } from '../util/errors.js';
 
 const DNS_LABEL = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/;
 
-const Labels = z.record(z.string());
-const LabelSelector = z
-  .object({
-    matchLabels: Labels.optional(),
-    matchExpressions: z
-      .array(z.object({ key: z.string(), operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']), values: z.array(z.string()).optional() }))
-      .optional(),
-  })
-  .passthrough();
-const ContainerPort = z.object({ containerPort: z.number().int().min(1).max(65535), protocol: z.enum(['TCP', 'UDP', 'SCTP']).optional(), name: z.string().optional() }).passthrough();
-const Container = z.object({ name: z.string().min(1), image: z.string().min(1), ports: z.array(ContainerPort).optional() }).passthrough();
-const PodSpec = z.object({ containers: z.array(Container).min(1), nodeName: z.string().optional() }).passthrough();
+const Labels = LabelsSchema;
 
 const specSchemas: Record<Kind, z.ZodTypeAny> = {
   Namespace: z.any().optional(),
   Node: z.never(),
   MeshNodeStatus: z.never(),
   MeshClusterConfig: z.never(),
-  Pod: PodSpec,
-  Deployment: z
-    .object({
-      replicas: z.number().int().min(0).max(100).optional(),
-      selector: LabelSelector,
-      template: z.object({ metadata: z.object({ labels: Labels.optional() }).passthrough(), spec: PodSpec }).passthrough(),
-    })
-    .passthrough(),
-  Service: z
-    .object({
-      type: z.enum(['ClusterIP']).optional(),
-      selector: Labels.optional(),
-      ports: z
-        .array(
-          z.object({
-            port: z.number().int().min(1).max(65535),
-            targetPort: z.union([z.number().int().min(1).max(65535), z.string()]).optional(),
-            protocol: z.enum(['TCP', 'UDP']).optional(),
-            name: z.string().optional(),
-          }).passthrough(),
-        )
-        .min(1),
-    })
-    .passthrough(),
+  Pod: SPEC_SCHEMAS.Pod,
+  Deployment: SPEC_SCHEMAS.Deployment,
+  Service: SPEC_SCHEMAS.Service,
   NetworkPolicy: NetworkPolicySpecSchema,
   MeshNetworkPolicy: MeshNetworkPolicySpecSchema,
 };
@@ -140,7 +109,7 @@ export function parseManifests(text: string, file: string): Manifest[] {
 }
 
 /** Does a label set match a selector (matchLabels and matchExpressions)? */
-export function selectorMatches(sel: z.infer<typeof LabelSelector> | undefined, labels: Record<string, string>): boolean {
+export function selectorMatches(sel: z.infer<typeof LabelSelectorSchema> | undefined, labels: Record<string, string>): boolean {
   if (!sel) return true;
   for (const [k, v] of Object.entries(sel.matchLabels ?? {})) if (labels[k] !== v) return false;
   for (const e of sel.matchExpressions ?? []) {

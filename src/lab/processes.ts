@@ -45,6 +45,10 @@ export async function stopSupervisor(paths: LabPaths, cluster: string): Promise<
   for (let i = 0; i < 40 && pidAlive(pid); i++) await sleep(25);
 }
 
+/** Store etcd auto-compaction: by age of the history (etcd's periodic mode), 5 minutes. */
+export const STORE_AUTO_COMPACTION_MODE = 'periodic';
+export const STORE_AUTO_COMPACTION_RETENTION = '5m';
+
 export function storeProcSpec(paths: LabPaths, c: ClusterState): ProcSpec {
   const peer = `http://127.0.0.1:${STORE_PEER_PORT}`;
   return {
@@ -59,6 +63,11 @@ export function storeProcSpec(paths: LabPaths, c: ClusterState): ProcSpec {
       '--listen-peer-urls', peer,
       '--initial-advertise-peer-urls', peer,
       '--initial-cluster', `${c.name}=${peer}`,
+      // Keep 5 minutes of history: enough for a watch that lags behind to catch up, while the
+      // history of a churning store (pods, identity touches) stays bounded. An informer whose
+      // watch falls further behind gets ExpiredError and lists again.
+      '--auto-compaction-mode', STORE_AUTO_COMPACTION_MODE,
+      '--auto-compaction-retention', STORE_AUTO_COMPACTION_RETENTION,
       '--logger', 'zap',
       '--log-level', 'warn',
     ],

@@ -1,92 +1,296 @@
 /**
- * Identity allocation against a real etcd on loopback (no root needed): concurrent allocators in
- * separate clients, release with a grace period and against a concurrent re-use, corrupt values.
+ * Identities against a real etcd on loopback (no root needed): the IdentityAllocator (touching,
+ * one collector holding the GC lease, release only of what nobody touched, a re-use during GC
+ * keeping its number, and a stress test of two agents racing), plus the one-shot functions the
+ * current reconciler uses: concurrent allocation, release with a grace period, corrupt values.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
 import { LABEL_CLUSTER, LABEL_NAMESPACE } from '../../src/defaults.js';
+import { IDENTITY_RESOURCE, identityClusterId, parseIdentity } from '../../src/cluster/identity.js';
 import {
   allocateIdentity,
+  EtcdIdentityAllocator,
   identitiesInUse,
-  identityClusterId,
-  IDENTITY_RESOURCE,
   listIdentities,
+  listIdentityIndex,
   lookupIdentity,
   lookupIdentityByLabels,
   releaseUnusedIdentities,
+  type EtcdIdentityAllocatorOptions,
   type IdentityStore,
-} from '../../src/agent/identity.js';
+} from '../../src/cluster/identity-etcd.js';
+import { Informer } from '../../src/cluster/informer.js';
 import { labelsHash, podIdentityLabels, type Labels } from '../../src/agent/labels.js';
 import { ValidationError } from '../../src/util/errors.js';
+import { TestEtcd, until } from '../helpers/etcd.js';
 
-const ETCD = '/usr/bin/etcd';
 const CLUSTER = 'c3';
 const CLUSTER_ID = 3;
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function podLabels(app: string, ns = 'demo'): Labels {
   return { app, [LABEL_NAMESPACE]: ns, [LABEL_CLUSTER]: CLUSTER };
 }
 
-let dir = '';
-let etcd: ChildProcess | undefined;
-let etcdLog = '';
+let store: TestEtcd;
 let clients: EtcdClusterClient[] = [];
+const allocators: EtcdIdentityAllocator[] = [];
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'meshctl-identity-'));
-  const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const client = `http://127.0.0.1:${clientPort}`;
-  const peer = `http://127.0.0.1:${peerPort}`;
-  etcd = spawn(
-    ETCD,
-    ['--name', 'identity-test', '--data-dir', join(dir, 'data'), '--listen-client-urls', client, '--advertise-client-urls', client, '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `identity-test=${peer}`, '--log-level', 'warn', '--logger', 'zap'],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  etcd.stderr?.on('data', (b: Buffer) => {
-    etcdLog = (etcdLog + b.toString()).slice(-4000);
-  });
-  clients = [0, 1, 2].map(() => new EtcdClusterClient({ endpoints: [client] }));
-  try {
-    await clients[0].waitReady(15_000);
-  } catch (err) {
-    throw new Error(`etcd did not start: ${(err as Error).message}\n${etcdLog}`);
-  }
+  store = await TestEtcd.start('identity-test');
+  clients = [0, 1, 2].map(() => store.client());
 });
 
 afterAll(async () => {
   for (const c of clients) await c.close().catch(() => undefined);
-  if (etcd && etcd.exitCode === null) {
-    const exited = new Promise((r) => etcd!.once('exit', r));
-    etcd.kill('SIGTERM');
-    const timer = setTimeout(() => etcd?.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await store?.remove();
 });
+
+afterEach(async () => {
+  for (const a of allocators.splice(0)) await a.stop();
+});
+
+function allocator(client: IdentityStore, holder: string, opts: Partial<EtcdIdentityAllocatorOptions> = {}): EtcdIdentityAllocator {
+  const a = new EtcdIdentityAllocator(client, { clusterId: CLUSTER_ID, holder, touchIntervalMs: 100, graceMs: 300, gcIntervalMs: 3_600_000, gcLeaseTtlSeconds: 2, ...opts });
+  allocators.push(a);
+  return a;
+}
+
+async function storeRevision(): Promise<string> {
+  return (await clients[0].etcd.get('/').exec()).header.revision;
+}
 
 beforeEach(async () => {
   await clients[0].etcd.delete().prefix(`/registry/${IDENTITY_RESOURCE}/`).exec();
   await clients[0].etcd.delete().prefix('/registry/meshctl/identities/').exec();
 });
 
-describe('identity allocation (real etcd)', () => {
+describe('identity allocator (real etcd)', () => {
+  test('equal labels share a number across allocators; a held, fresh identity costs no store write', async () => {
+    const [a, b] = [allocator(clients[0], 'n1'), allocator(clients[1], 'n2')];
+    const [x, y] = await Promise.all([a.allocate(podLabels('web')), b.allocate(podLabels('web'))]);
+    expect(y).toBe(x);
+    expect(identityClusterId(x)).toBe(CLUSTER_ID);
+    const other = await a.allocate(podLabels('db'));
+    expect(other).not.toBe(x);
+    expect([...a.held()].sort()).toEqual([x, other].sort());
+    const rev = await storeRevision();
+    expect(await a.allocate({ [LABEL_CLUSTER]: CLUSTER, [LABEL_NAMESPACE]: 'demo', app: 'web' })).toBe(x);
+    expect(await storeRevision()).toBe(rev);
+    a.release(x);
+    expect([...a.held()]).toEqual([other]);
+    await expect(a.allocate({})).rejects.toThrow(new ValidationError('labels', 'non-empty', 'identity labels must be a non-empty set of string values'));
+    expect(() => new EtcdIdentityAllocator(clients[0], { clusterId: CLUSTER_ID, holder: 'x', touchIntervalMs: 1000, graceMs: 1500 })).toThrow(
+      'identity allocator: graceMs 1500 must be at least twice touchIntervalMs 1000',
+    );
+  });
+
+  test('identity objects are read through an informer with parseIdentity', async () => {
+    const a = allocator(clients[0], 'n1');
+    const x = await a.allocate(podLabels('web'));
+    await clients[0].etcd.put(`/registry/${IDENTITY_RESOURCE}/${(CLUSTER_ID << 16) | 999}`).value(JSON.stringify({ apiVersion: 'meshctl.io/v1', kind: 'MeshIdentity', metadata: { name: String((CLUSTER_ID << 16) | 999) }, spec: { id: (CLUSTER_ID << 16) | 999, labels: { app: 'x' }, labelsHash: 'wrong' }, status: { lastUsed: new Date().toISOString() } }));
+    const inf = new Informer(clients[1], IDENTITY_RESOURCE, { parse: parseIdentity });
+    await inf.start();
+    try {
+      expect(inf.list().map((o) => [o.spec.id, o.spec.labels])).toEqual([[x, podLabels('web')]]);
+      expect([...inf.invalid()]).toEqual([[String((CLUSTER_ID << 16) | 999), 'spec.labelsHash does not match spec.labels']]);
+      const y = await a.allocate(podLabels('db'));
+      await until('the new identity in the informer', () => inf.get(String(y)) !== undefined);
+      expect(inf.get(String(y))?.spec.labelsHash).toBe(labelsHash(podLabels('db')));
+    } finally {
+      inf.stop();
+    }
+  });
+
+  test('one collector at a time: it holds the GC lease, another takes over when it stops or lapses', async () => {
+    const crashClient = store.client();
+    try {
+      const a = allocator(crashClient, 'n1', { gcIntervalMs: 100 });
+      const b = allocator(clients[1], 'n2', { gcIntervalMs: 100 });
+      const c = allocator(clients[2], 'n3', { gcIntervalMs: 100 });
+      await a.start();
+      await b.start();
+      await c.start();
+      expect([a.isCollector(), b.isCollector(), c.isCollector()]).toEqual([true, false, false]);
+      expect(await clients[0].etcd.get('/registry/meshctl/identities/gc-leader').string()).toMatch(/^n1 /);
+      // The collector's process dies: its lease lapses after its TTL and one other takes over.
+      crashClient.etcd.close();
+      await until('a new collector', () => b.isCollector() || c.isCollector(), 15_000);
+      await sleep(300);
+      expect([b.isCollector(), c.isCollector()].filter(Boolean)).toHaveLength(1);
+      const next = b.isCollector() ? b : c;
+      const rest = next === b ? c : b;
+      // A clean stop gives the lease up at once.
+      await next.stop();
+      await until('the last one to collect', () => rest.isCollector(), 5_000);
+    } finally {
+      await crashClient.close().catch(() => undefined);
+    }
+  });
+
+  test('released only when nobody touched it for the grace period; held ones survive many', async () => {
+    const gcErrors: string[] = [];
+    const a = allocator(clients[0], 'n1', { gcIntervalMs: 50, onError: (e) => gcErrors.push(e.message) });
+    const b = allocator(clients[1], 'n2', { gcIntervalMs: 50 });
+    await a.start();
+    await b.start();
+    const held = await b.allocate(podLabels('held'));
+    const both = await a.allocate(podLabels('both'));
+    expect(await b.allocate(podLabels('both'))).toBe(both);
+    const dropped = await b.allocate(podLabels('dropped'));
+    b.release(dropped);
+    a.release(both); // b still holds it
+    await until('the dropped identity to go', async () => (await lookupIdentity(clients[2], dropped)) === null, 10_000);
+    // Several grace periods later the held ones are still there, with their labels.
+    await sleep(1000);
+    expect(await lookupIdentity(clients[2], held)).toEqual(podLabels('held'));
+    expect(await lookupIdentity(clients[2], both)).toEqual(podLabels('both'));
+    expect(await lookupIdentityByLabels(clients[2], podLabels('dropped'))).toBeNull();
+    expect(gcErrors).toEqual([]);
+  });
+
+  test('a pod re-created with the same labels while GC is deciding keeps its identity', async () => {
+    const labels = podLabels('recreated');
+    const agent = allocator(clients[1], 'n2');
+    const id = await agent.allocate(labels);
+    agent.release(id); // its pod was deleted
+    // The collector's store: right before its release transaction (after it judged the identity
+    // unused for the grace period), the pod comes back on the other agent.
+    let armed = false;
+    let raced = false;
+    const real = clients[0].etcd;
+    const racing: IdentityStore = {
+      etcd: new Proxy(real, {
+        get(target, prop) {
+          if (prop === 'get') {
+            return (key: string) => {
+              const builder = target.get(key);
+              if (!armed || raced || !key.includes('/by-labels/')) return builder;
+              raced = true;
+              return { exec: async () => (expect(await agent.allocate(labels)).toBe(id), builder.exec()) };
+            };
+          }
+          const v = Reflect.get(target, prop, target) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      }),
+    };
+    const gc = allocator(racing, 'n1');
+    await gc.start();
+    expect(gc.isCollector()).toBe(true);
+    await sleep(400); // > grace, nobody touching
+    armed = true;
+    expect(await gc.collect()).toEqual({ released: [], kept: 1, orphans: 0, invalid: 0 });
+    expect(raced).toBe(true);
+    expect(await lookupIdentityByLabels(clients[2], labels)).toBe(id);
+    expect(agent.held()).toEqual(new Set([id]));
+    // Once really unused for the grace period, it goes.
+    agent.release(id);
+    await gc.collect();
+    await sleep(400);
+    expect(await gc.collect()).toEqual({ released: [id], kept: 0, orphans: 0, invalid: 0 });
+    expect(await lookupIdentity(clients[2], id)).toBeNull();
+  });
+
+  test('stress: two agents racing allocate / release / GC keep by-id and by-labels a bijection', async () => {
+    const N = 40;
+    const WINDOW = 15;
+    const GRACE = 2000;
+    const sets = Array.from({ length: N }, (_, i) => podLabels(`s${i}`));
+    const hashes = sets.map((l) => labelsHash(l));
+    const errors: string[] = [];
+    const opts = { touchIntervalMs: 200, graceMs: GRACE, gcIntervalMs: 100, onError: (e: Error) => errors.push(e.message), onLost: (id: number) => errors.push(`lost ${id}`) };
+    const agents = [allocator(clients[0], 'n1', opts), allocator(clients[1], 'n2', opts)];
+    const mine = agents.map(() => new Map<number, number>()); // label set index -> id
+    const lastFree = new Map<number, { id: number; at: number }>();
+    const problems: string[] = [];
+    let keptOnReuse = 0;
+    let allocations = 0;
+    let window = 0;
+    const end = Date.now() + 10_000;
+    for (const a of agents) await a.start();
+
+    const nobodyHolds = (i: number) => mine.every((m) => !m.has(i));
+    const releaseOne = (k: number, i: number) => {
+      const id = mine[k].get(i)!;
+      mine[k].delete(i);
+      agents[k].release(id);
+      if (nobodyHolds(i)) lastFree.set(i, { id, at: Date.now() });
+    };
+    const agentLoop = async (k: number) => {
+      while (Date.now() < end) {
+        for (const i of [...mine[k].keys()]) if ((i - window + N) % N >= WINDOW) releaseOne(k, i);
+        const i = (window + Math.floor(Math.random() * WINDOW)) % N;
+        if (mine[k].has(i)) {
+          if (Math.random() < 0.5) releaseOne(k, i);
+        } else {
+          const free = nobodyHolds(i) ? lastFree.get(i) : undefined;
+          const askedAt = Date.now();
+          const id = await agents[k].allocate(sets[i]);
+          allocations++;
+          const other = mine[1 - k].get(i);
+          if (other !== undefined && other !== id) problems.push(`labels s${i}: agent ${k} got ${id}, the other holds ${other}`);
+          // Re-created well within the grace period: same number.
+          if (free && askedAt - free.at < GRACE / 2) {
+            if (id !== free.id) problems.push(`labels s${i} re-created ${askedAt - free.at} ms after release got ${id}, not ${free.id}`);
+            else keptOnReuse++;
+          }
+          mine[k].set(i, id);
+        }
+        await sleep(Math.floor(Math.random() * 15));
+      }
+    };
+    let samples = 0;
+    let releasedSeen = 0;
+    let previous = new Set<number>();
+    const sampler = async () => {
+      while (Date.now() < end) {
+        const held = mine.map((m) => new Map(m));
+        // One range read: a consistent snapshot of records and index.
+        const kvs = (await clients[2].etcd.getAll().prefix('/registry/').exec()).kvs;
+        const byId = new Map<number, string>();
+        const byLabels = new Map<string, number>();
+        for (const kv of kvs) {
+          const key = kv.key.toString();
+          if (key.startsWith(`/registry/${IDENTITY_RESOURCE}/`)) {
+            const o = parseIdentity(JSON.parse(kv.value.toString()));
+            if (o instanceof Error) problems.push(`record ${key}: ${o.message}`);
+            else byId.set(o.spec.id, o.spec.labelsHash);
+          } else if (key.startsWith('/registry/meshctl/identities/by-labels/')) {
+            byLabels.set(key.slice('/registry/meshctl/identities/by-labels/'.length), Number(kv.value.toString()));
+          }
+        }
+        for (const [id, h] of byId) if (byLabels.get(h) !== id) problems.push(`record ${id} (${h.slice(0, 8)}) not indexed by its labels`);
+        for (const [h, id] of byLabels) if (byId.get(id) !== h) problems.push(`index ${h.slice(0, 8)} -> ${id} has no matching record`);
+        held.forEach((m, k) => {
+          for (const [i, id] of m) if (byId.get(id) !== hashes[i]) problems.push(`agent ${k} holds ${id} for s${i}, store has ${byId.get(id)?.slice(0, 8) ?? 'nothing'}`);
+        });
+        for (const id of previous) if (!byId.has(id)) releasedSeen++;
+        previous = new Set(byId.keys());
+        samples++;
+        await sleep(25);
+      }
+    };
+    const mover = async () => {
+      while (Date.now() < end) {
+        await sleep(1500);
+        window = (window + 5) % N;
+      }
+    };
+    await Promise.all([agentLoop(0), agentLoop(1), sampler(), mover()]);
+    expect(problems.slice(0, 10)).toEqual([]);
+    expect(errors).toEqual([]);
+    // The run exercised what it claims to.
+    expect(samples).toBeGreaterThan(50);
+    expect(allocations).toBeGreaterThan(100);
+    expect(keptOnReuse).toBeGreaterThan(10);
+    expect(releasedSeen).toBeGreaterThan(5);
+    expect(agents.filter((a) => a.isCollector())).toHaveLength(1);
+    console.log(`identity stress: ${allocations} allocations, ${samples} samples, ${keptOnReuse} re-uses kept their id, ${releasedSeen} released by GC`);
+  }, 30_000);
+});
+
+describe('one-shot identity functions (real etcd)', () => {
   test('20 concurrent allocations over 5 label sets from 3 clients: equal labels share, different never do', async () => {
     const sets = ['a', 'b', 'c', 'd', 'e'].map((app) => podLabels(app));
     const calls = Array.from({ length: 20 }, (_, i) => ({ labels: sets[i % 5], client: clients[i % 3] }));
