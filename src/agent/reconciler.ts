@@ -16,7 +16,7 @@ import { errorMessage } from '../util/errors.js';
 import { ip } from '../util/exec.js';
 import { allocateIdentity, identitiesInUse, listIdentities, releaseUnusedIdentities } from './identity.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
-import { compilePolicies, type EndpointPolicy, type PolicyEndpoint } from './policy.js';
+import { compilePolicies, datapathRules, type EndpointPolicy, type PolicyEndpoint } from './policy.js';
 
 export interface ReconcilerOptions {
   readonly cluster: string;
@@ -210,8 +210,8 @@ export class Reconciler {
         flags,
         identity: e.identity,
       });
-      this.dp.setPolicy(e.endpointId, Direction.Ingress, pol.ingress.rules.map((r) => ({ identity: r.identity, port: r.port, proto: r.protocol })));
-      this.dp.setPolicy(e.endpointId, Direction.Egress, pol.egress.rules.map((r) => ({ identity: r.identity, port: r.port, proto: r.protocol })));
+      this.dp.setPolicy(e.endpointId, Direction.Ingress, datapathRules(pol.ingress.rules));
+      this.dp.setPolicy(e.endpointId, Direction.Egress, datapathRules(pol.egress.rules));
     }
     const wantedIps = new Set(local.map((e) => e.ip));
     const wantedEpIds = new Set(local.map((e) => e.endpointId));
