@@ -238,25 +238,44 @@ struct mesh_node_info {
 };
 
 /*
- * mesh_policy: per-endpoint allow/deny rules.
+ * mesh_policy (LPM trie): per-endpoint allow/deny rules.
  *
- * key (12)                                     value (24)
- *  0      2   3    4          8      10    12   0      4      8         16        24
- *  +------+---+----+----------+------+-----+    +------+------+---------+---------+
- *  |ep_id |dir|prot| identity |dport | pad |    |flags | pad  | packets | bytes   |
- *  +------+---+----+----------+------+-----+    +------+------+---------+---------+
+ * key (16)
+ *  0           4          8      10   11   12      14    16
+ *  +-----------+----------+------+----+----+-------+-----+
+ *  | prefixlen | identity |ep_id |dir |prot| dport | pad |
+ *  +-----------+----------+------+----+----+-------+-----+
+ *              |<-- always matched (56) ->|<-8->|<-16->|
  *
- * identity 0 = any identity; dport 0 = any port; proto 0 (with dport 0) =
- * any protocol. Lookups try, in order: (id, port, proto), (id, 0, proto),
- * (id, 0, 0), then the same three with identity 0. A matching deny wins
- * over any allow.
+ * value (24)
+ *  0      4      8         16        24
+ *  +------+------+---------+---------+
+ *  |flags | pad  | packets | bytes   |
+ *  +------+------+---------+---------+
+ *
+ * prefixlen counts the matched bits after the prefixlen field: identity,
+ * ep_id and direction always match (MESH_POLICY_PREFIX_L3: any protocol,
+ * any port); + 8 matches the protocol (MESH_POLICY_PREFIX_PROTO: any port);
+ * + n matches the top n bits of dport (network order), so a port range is
+ * a few aligned prefixes and one port is MESH_POLICY_PREFIX_FULL. Bits
+ * beyond prefixlen are written as zero. identity 0 = any identity.
+ *
+ * A lookup asks once with the peer's identity and once with identity 0;
+ * each answers with its most specific rule. The agent turns every rule
+ * that a deny rule of the same identity covers into a deny, so "a deny
+ * among the matching rules wins" holds with one answer per lookup.
  */
+#define MESH_POLICY_PREFIX_L3    56
+#define MESH_POLICY_PREFIX_PROTO 64
+#define MESH_POLICY_PREFIX_FULL  80
+
 struct mesh_policy_key {
+	__u32 prefixlen;
+	__u32 identity;   /* peer identity, 0 = any */
 	__u16 ep_id;
 	__u8  direction;  /* MESH_DIR_INGRESS / MESH_DIR_EGRESS */
-	__u8  proto;      /* IPPROTO_*, 0 = any */
-	__u32 identity;   /* peer identity, 0 = any */
-	__u16 dport;      /* network order, 0 = any */
+	__u8  proto;      /* IPPROTO_*; 0 with prefixlen MESH_POLICY_PREFIX_L3 */
+	__u16 dport;      /* network order */
 	__u16 pad;
 };
 
@@ -487,8 +506,9 @@ struct {
 } mesh_nodes SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, MESH_MAX_POLICY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct mesh_policy_key);
 	__type(value, struct mesh_policy_entry);
 	MESH_PIN;

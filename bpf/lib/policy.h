@@ -6,13 +6,20 @@
  * An endpoint no policy selects in a direction is allowed there; the agent
  * marks selected directions with MESH_EP_F_POLICY_{INGRESS,EGRESS}, after
  * which only rules in mesh_policy let traffic through (default deny).
- * Rules are looked up from the most to the least specific:
  *
- *   (identity, dport, proto)   (identity, 0, proto)   (identity, 0, 0)
- *   (any,      dport, proto)   (any,      0, proto)   (any,      0, 0)
+ * mesh_policy is an LPM trie over (identity, endpoint, direction, proto,
+ * dport): a rule is L3-only (any protocol), one protocol on any port, or
+ * one protocol on a port prefix (ranges are split into aligned prefixes by
+ * the agent). Two lookups decide:
  *
- * and a deny rule among the matches wins over allows. Replies and later
- * packets of allowed connections never get here: conntrack passes them.
+ *   (peer identity, proto, dport)  -> its most specific rule
+ *   (any identity,  proto, dport)  -> its most specific rule
+ *
+ * A deny answer from either wins; else an allow from either allows. The
+ * agent writes every rule a deny of the same identity covers as a deny, so
+ * the most specific answer is a deny whenever any matching rule is.
+ * Replies and later packets of allowed connections never get here:
+ * conntrack passes them.
  */
 #ifndef MESH_POLICY_H
 #define MESH_POLICY_H
@@ -23,9 +30,18 @@
 #define MESH_POLICY_ALLOW    1
 #define MESH_POLICY_DENY     2
 
-static __always_inline int policy_match(struct mesh_policy_key *key, __u32 bytes)
+static __always_inline int policy_match(__u16 ep_id, __u8 direction, __u32 identity,
+					__u16 dport, __u8 proto, __u32 bytes)
 {
-	struct mesh_policy_entry *rule = bpf_map_lookup_elem(&mesh_policy, key);
+	struct mesh_policy_key key = {
+		.prefixlen = MESH_POLICY_PREFIX_FULL,
+		.identity = identity,
+		.ep_id = ep_id,
+		.direction = direction,
+		.proto = proto,
+		.dport = dport,
+	};
+	struct mesh_policy_entry *rule = bpf_map_lookup_elem(&mesh_policy, &key);
 
 	if (!rule)
 		return MESH_POLICY_NO_MATCH;
@@ -39,35 +55,20 @@ static __always_inline int policy_match(struct mesh_policy_key *key, __u32 bytes
 static __always_inline int policy_verdict(__u16 ep_id, __u8 direction, __u32 peer_identity,
 					  __u16 dport, __u8 proto, __u32 bytes)
 {
-	struct mesh_policy_key key = { .ep_id = ep_id, .direction = direction };
-	int allowed = 0, denied = 0, m;
+	int by_id, by_any = MESH_POLICY_NO_MATCH;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		dport = 0;
 
-#define MESH_POLICY_TRY(id, port, l4)                        \
-	do {                                                 \
-		key.identity = (id);                         \
-		key.dport = (port);                          \
-		key.proto = (l4);                            \
-		m = policy_match(&key, bytes);               \
-		allowed |= m == MESH_POLICY_ALLOW;           \
-		denied |= m == MESH_POLICY_DENY;             \
-	} while (0)
+	by_id = policy_match(ep_id, direction, peer_identity, dport, proto, bytes);
+	if (peer_identity != MESH_IDENTITY_ANY)
+		by_any = policy_match(ep_id, direction, MESH_IDENTITY_ANY, dport, proto, bytes);
 
-	if (dport)
-		MESH_POLICY_TRY(peer_identity, dport, proto);
-	MESH_POLICY_TRY(peer_identity, 0, proto);
-	MESH_POLICY_TRY(peer_identity, 0, 0);
-	if (dport)
-		MESH_POLICY_TRY(MESH_IDENTITY_ANY, dport, proto);
-	MESH_POLICY_TRY(MESH_IDENTITY_ANY, 0, proto);
-	MESH_POLICY_TRY(MESH_IDENTITY_ANY, 0, 0);
-#undef MESH_POLICY_TRY
-
-	if (denied)
+	if (by_id == MESH_POLICY_DENY || by_any == MESH_POLICY_DENY)
 		return MESH_DROP_POLICY_DENY_RULE;
-	return allowed ? MESH_DROP_NONE : MESH_DROP_POLICY_DENIED;
+	if (by_id == MESH_POLICY_ALLOW || by_any == MESH_POLICY_ALLOW)
+		return MESH_DROP_NONE;
+	return MESH_DROP_POLICY_DENIED;
 }
 
 /* May the local endpoint `ep` open a connection to `peer_identity`? */

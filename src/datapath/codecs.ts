@@ -414,6 +414,18 @@ export const nodeInfoCodec = defineStruct<NodeInfo>('mesh_node_info', 8, [
   ['flags', 'flags', 4, 'u32'],
 ]);
 
+/**
+ * Key of the `mesh_policy` LPM trie: one rule of one endpoint and direction.
+ *
+ * - `proto` 0: any protocol and port (L3-only rule); `dport` and `portPrefixLen` must be 0.
+ * - `portPrefixLen` 0..16: how many leading bits of `dport` the rule matches; 0 = any port,
+ *   16 = exactly `dport`. The bits of `dport` beyond the prefix must be 0.
+ *   Default when absent: 16 for a non-zero `dport`, else 0 (so `{ proto, dport }` is one port
+ *   and `{ proto, dport: 0 }` any port, as before ranges existed).
+ *
+ * The codec adds the bits of identity, ep_id and direction that the trie always matches
+ * (POLICY_PREFIX_L3) and the 8 protocol bits.
+ */
 export interface PolicyKey {
   endpointId: number;
   direction: Direction.Ingress | Direction.Egress;
@@ -421,16 +433,44 @@ export interface PolicyKey {
   proto: number;
   /** Peer identity, IDENTITY_ANY = any. */
   identity: number;
-  /** 0 = any port. */
+  /** First port of the prefix (host order). */
   dport: number;
+  /** Matched leading bits of dport, 0..16; see above for the default. */
+  portPrefixLen?: number;
 }
-export const policyKeyCodec = defineStruct<PolicyKey>('mesh_policy_key', 12, [
-  ['endpointId', 'ep_id', 0, 'u16'],
-  ['direction', 'direction', 2, 'u8'],
-  ['proto', 'proto', 3, 'u8'],
+/** prefixlen of an L3-only policy rule (identity, ep_id and direction). */
+export const POLICY_PREFIX_L3 = 56;
+/** prefixlen of a rule on one protocol, any port. */
+export const POLICY_PREFIX_PROTO = 64;
+/** prefixlen of a rule on one protocol and port; also what lookups ask with. */
+export const POLICY_PREFIX_FULL = 80;
+const policyKeyRaw = defineStruct<{ prefixlen: number; identity: number; endpointId: number; direction: number; proto: number; dport: number }>('mesh_policy_key', 16, [
+  ['prefixlen', 'prefixlen', 0, 'u32'],
   ['identity', 'identity', 4, 'u32'],
-  ['dport', 'dport', 8, 'port'],
+  ['endpointId', 'ep_id', 8, 'u16'],
+  ['direction', 'direction', 10, 'u8'],
+  ['proto', 'proto', 11, 'u8'],
+  ['dport', 'dport', 12, 'port'],
 ]);
+export const policyKeyCodec: StructCodec<PolicyKey> = {
+  layout: policyKeyRaw.layout,
+  encode: (k) => {
+    const bits = k.portPrefixLen ?? (k.proto !== 0 && k.dport !== 0 ? 16 : 0);
+    if (!Number.isInteger(bits) || bits < 0 || bits > 16) throw new RangeError(`mesh_policy_key.portPrefixLen: ${bits} is not 0..16`);
+    if (k.proto === 0 && (k.dport !== 0 || bits !== 0)) throw new RangeError(`mesh_policy_key: protocol 0 (any) takes no port, got ${k.dport}/${bits}`);
+    if (typeof k.dport === 'number' && bits < 16 && (k.dport & (0xffff >>> bits)) !== 0) {
+      throw new RangeError(`mesh_policy_key.dport: ${k.dport} has bits set beyond a /${bits} port prefix`);
+    }
+    const prefixlen = k.proto === 0 ? POLICY_PREFIX_L3 : POLICY_PREFIX_PROTO + bits;
+    return policyKeyRaw.encode({ prefixlen, identity: k.identity, endpointId: k.endpointId, direction: k.direction, proto: k.proto, dport: k.dport });
+  },
+  decode: (buf, offset) => {
+    const raw = policyKeyRaw.decode(buf, offset);
+    const portPrefixLen = raw.prefixlen <= POLICY_PREFIX_PROTO ? 0 : raw.prefixlen - POLICY_PREFIX_PROTO;
+    return { endpointId: raw.endpointId, direction: raw.direction as PolicyKey['direction'], proto: raw.proto, identity: raw.identity, dport: raw.dport, portPrefixLen };
+  },
+  toHexArgs: (k) => Array.from(policyKeyCodec.encode(k), (b) => b.toString(16).padStart(2, '0')),
+};
 
 export interface PolicyEntry {
   /** PolicyFlags. */

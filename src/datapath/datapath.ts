@@ -30,7 +30,6 @@ import {
   metricsKeyCodec,
   nodeInfoCodec,
   nodeKeyCodec,
-  policyEntryCodec,
   policyKeyCodec,
   revNatInfoCodec,
   revNatKeyCodec,
@@ -42,10 +41,10 @@ import {
   type IpcacheInfo,
   type MeshConfig,
   type NodeInfo,
-  type PolicyKey,
   type ServiceKey,
 } from './codecs.js';
 import { compileBpf } from './compile.js';
+import { policyEntries, type PolicyRule } from './policy-keys.js';
 
 export const VXLAN_DEVICE = 'mesh_vxlan';
 export const VXLAN_PORT = 8472;
@@ -97,15 +96,8 @@ export interface ServiceBackend {
   readonly clusterId?: number;
 }
 
-export interface PolicyRule {
-  /** Peer identity, 0 = any. */
-  readonly identity: number;
-  /** 0 = any port. */
-  readonly port: number;
-  /** IP protocol number; 0 = any. */
-  readonly proto: number;
-  readonly deny?: boolean;
-}
+/** A policy rule as setPolicy takes it (ranges with `endPort`); see policy-keys.ts. */
+export type { PolicyRule } from './policy-keys.js';
 
 const SOURCES = ['from-container', 'to-container', 'from-overlay', 'from-netdev'] as const;
 
@@ -233,10 +225,7 @@ export class Datapath {
       const key = policyKeyCodec.decode(e.key);
       if (key.endpointId === endpointId && key.direction === direction) d.entries.delete(k);
     }
-    for (const r of rules) {
-      const key: PolicyKey = { endpointId, direction, proto: r.proto, identity: r.identity, dport: r.port };
-      d.set(policyKeyCodec.encode(key), policyEntryCodec.encode({ flags: r.deny ? 1 : 0, packets: 0n, bytes: 0n }));
-    }
+    for (const e of policyEntries(endpointId, direction, rules)) d.set(e.key, e.value);
   }
 
   /** Drop every rule of an endpoint (both directions). */

@@ -1,7 +1,7 @@
 /** Parsing and validating the Kubernetes YAML that `lab apply` and `lab remove` take. */
 import YAML from 'yaml';
 import { z } from 'zod';
-import { LabelSelectorSchema, LabelsSchema, MeshNetworkPolicySpecSchema, NetworkPolicySpecSchema } from '../cluster/policy-schema.js';
+import { LabelSelectorSchema, LabelsSchema, MeshNetworkPolicySpecSchema, NetworkPolicySpecSchema, unsupportedPolicyField } from '../cluster/policy-schema.js';
 import { SPEC_SCHEMAS } from '../cluster/schemas.js';
 import { isKind, RESOURCES, type Kind, type KubeObject } from '../cluster/types.js';
 import { ValidationError } from '../util/errors.js';
@@ -89,6 +89,10 @@ export function parseManifests(text: string, file: string): Manifest[] {
         const path = ['spec', ...issue.path].join('.');
         throw new ValidationError(path, 'schema', `invalid ${kind} ${name} in ${where}: ${path}: ${issue.message}`);
       }
+    }
+    if (kind === 'NetworkPolicy' || kind === 'MeshNetworkPolicy') {
+      const field = unsupportedPolicyField(kind, o.spec);
+      if (field) throw new ValidationError(field, 'supported', `unsupported field ${field} in ${kind} ${name} in ${where}: the datapath cannot enforce it`);
     }
     if (kind === 'Deployment') {
       const spec = o.spec as { selector: { matchLabels?: Record<string, string> }; template: { metadata: { labels?: Record<string, string> } } };

@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES, TestLab, eventually, requireRoot, sh, sleep } from '../helpers/lab.js';
-import { FlowTap, curl, inPod, ping, sctpInit, tcp, udp, type FlowRecord } from '../helpers/traffic.js';
+import { FlowTap, curl, inPod, matches, ping, sctpInit, tcp, udp, type FlowFilter, type FlowRecord } from '../helpers/traffic.js';
 import { labPrefix } from '../../src/lab/state.js';
 import { pidAlive } from '../../src/util/exec.js';
 

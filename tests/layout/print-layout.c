@@ -76,8 +76,9 @@ int main(void)
 	struct_end();
 
 	S(mesh_policy_key);
-	F(mesh_policy_key, ep_id); F(mesh_policy_key, direction); F(mesh_policy_key, proto);
-	F(mesh_policy_key, identity); F(mesh_policy_key, dport); F(mesh_policy_key, pad);
+	F(mesh_policy_key, prefixlen); F(mesh_policy_key, identity); F(mesh_policy_key, ep_id);
+	F(mesh_policy_key, direction); F(mesh_policy_key, proto); F(mesh_policy_key, dport);
+	F(mesh_policy_key, pad);
 	struct_end();
 
 	S(mesh_policy_entry);
@@ -159,6 +160,7 @@ int main(void)
 	C(MESH_IPCACHE_F_NODE); C(MESH_IPCACHE_F_LOCAL_NODE); C(MESH_IPCACHE_F_ENCRYPT);
 	C(MESH_NODE_F_DIRECT); C(MESH_NODE_F_ENCRYPT);
 	C(MESH_POLICY_F_DENY); C(MESH_SVC_F_GLOBAL);
+	C(MESH_POLICY_PREFIX_L3); C(MESH_POLICY_PREFIX_PROTO); C(MESH_POLICY_PREFIX_FULL);
 	C(MESH_CT_F_SERVICE); C(MESH_CT_F_SEEN_REPLY); C(MESH_CFG_F_NO_FLOWS); C(MESH_CFG_F_FLOWS_NEW_ONLY);
 	printf("\n  }\n}\n");
 	return 0;

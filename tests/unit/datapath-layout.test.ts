@@ -28,6 +28,9 @@ import {
   IDENTITY_ANY,
   IDENTITY_MASK,
   MAX_SERVICE_BACKENDS,
+  POLICY_PREFIX_L3,
+  POLICY_PREFIX_PROTO,
+  POLICY_PREFIX_FULL,
   ReservedIdentity,
   sumPerCpuMetrics,
   dropReasonName,
@@ -131,6 +134,9 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_NODE_F_DIRECT', NodeFlags.direct],
     ['MESH_NODE_F_ENCRYPT', NodeFlags.encrypt],
     ['MESH_POLICY_F_DENY', PolicyFlags.deny],
+    ['MESH_POLICY_PREFIX_L3', POLICY_PREFIX_L3],
+    ['MESH_POLICY_PREFIX_PROTO', POLICY_PREFIX_PROTO],
+    ['MESH_POLICY_PREFIX_FULL', POLICY_PREFIX_FULL],
     ['MESH_SVC_F_GLOBAL', ServiceFlags.global],
     ['MESH_CT_F_SERVICE', CtFlags.service],
     ['MESH_CT_F_SEEN_REPLY', CtFlags.seenReply],
@@ -181,7 +187,7 @@ const samples: Record<keyof typeof structCodecs, unknown> = {
   mesh_ipcache_info: { identity: 0x020011, tunnelIp: '192.168.20.3', nodeId: 9, flags: IpcacheFlags.node },
   mesh_node_key: { ip: '192.168.20.3' },
   mesh_node_info: { nodeId: 9, clusterId: 2, flags: NodeFlags.direct },
-  mesh_policy_key: { endpointId: 1234, direction: Direction.Ingress, proto: 6, identity: 0x010002, dport: 8080 },
+  mesh_policy_key: { endpointId: 1234, direction: Direction.Ingress, proto: 6, identity: 0x010002, dport: 8080, portPrefixLen: 16 },
   mesh_policy_entry: { flags: PolicyFlags.deny, packets: 5n, bytes: 1n << 40n },
   mesh_service_key: { vip: '10.96.0.10', dport: 53, proto: 17 },
   mesh_service_info: { count: 3, revNatId: 42, flags: ServiceFlags.global },
@@ -259,9 +265,29 @@ describe('byte order', () => {
       identity: 0x00030004,
       dport: 0x1f90,
     });
-    expect(key.toString('hex')).toBe('0201' + '02' + '11' + '04000300' + '1f90' + '0000');
+    expect(key.toString('hex')).toBe('50000000' + '04000300' + '0201' + '02' + '11' + '1f90' + '0000');
     const ep = structCodecs.mesh_endpoint_key.encode({ ip: '10.1.2.3', clusterId: 0 });
     expect(ep.toString('hex')).toBe('0a010203' + '0000' + '0000');
+  });
+
+  test.each([
+    ['L3 only (any protocol)', { proto: 0, dport: 0 }, POLICY_PREFIX_L3, 0],
+    ['one protocol, any port', { proto: 6, dport: 0 }, POLICY_PREFIX_PROTO, 0],
+    ['one port', { proto: 6, dport: 443 }, POLICY_PREFIX_FULL, 16],
+    ['a /6 port prefix (1024 ports)', { proto: 17, dport: 0x0400, portPrefixLen: 6 }, POLICY_PREFIX_PROTO + 6, 6],
+  ])('policy key prefix length: %s', (_name, k, prefixlen, portPrefixLen) => {
+    const key = { endpointId: 7, direction: Direction.Ingress as const, identity: 0x010005, ...k };
+    const bytes = structCodecs.mesh_policy_key.encode(key);
+    expect(bytes.readUInt32LE(0)).toBe(prefixlen);
+    expect(structCodecs.mesh_policy_key.decode(bytes)).toEqual({ ...key, portPrefixLen });
+  });
+
+  test.each([
+    ['port bits beyond the prefix', { proto: 6, dport: 0x0401, portPrefixLen: 6 }, 'mesh_policy_key.dport: 1025 has bits set beyond a /6 port prefix'],
+    ['a port with protocol any', { proto: 0, dport: 80 }, 'mesh_policy_key: protocol 0 (any) takes no port, got 80/0'],
+    ['prefix too long', { proto: 6, dport: 80, portPrefixLen: 17 }, 'mesh_policy_key.portPrefixLen: 17 is not 0..16'],
+  ])('policy key refused: %s', (_name, k, message) => {
+    expect(() => structCodecs.mesh_policy_key.encode({ endpointId: 7, direction: Direction.Ingress, identity: 1, ...k })).toThrow(message);
   });
 
   test('ipcache prefix length counts the cluster id and pad bits', () => {

@@ -2,6 +2,7 @@ import type { KubeObject } from '../../src/cluster/types.js';
 import { LABEL_CLUSTER, LABEL_NAMESPACE } from '../../src/defaults.js';
 import { compilePolicies, diffPolicies, diffRules, formatRule, type CompilePoliciesInput, type EndpointPolicy, type PolicyEndpoint } from '../../src/agent/policy.js';
 import type { Labels } from '../../src/agent/labels.js';
+import { CIDR_IDENTITY_BASE } from '../../src/agent/policy-engine.js';
 
 // Cluster c1 (id 1) is local; c2 (id 2) is a peer whose identities the agent has learned.
 const C1 = 'c1';
@@ -105,7 +106,7 @@ const cases: Case[] = [
       }),
     ],
     endpoint: 'server',
-    want: { ingress: [`${CLIENT}/TCP/8080`, `${CLIENT}/TCP/9000`, `${CLIENT}/TCP/9001`, `${CLIENT}/TCP/9002`], egress: 'allow' },
+    want: { ingress: [`${CLIENT}/TCP/8080`, `${CLIENT}/TCP/9000-9002`], egress: 'allow' },
   },
   {
     name: 'egress rules turn on Egress by default',
@@ -117,7 +118,7 @@ const cases: Case[] = [
     name: 'policyTypes Egress only leaves ingress allowed and ignores ingress rules',
     policies: [np('p', { podSelector: {}, policyTypes: ['Egress'], ingress: [{}], egress: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0' } }] }] })],
     endpoint: 'client',
-    want: { ingress: 'allow', egress: ['2/ANY/0'] },
+    want: { ingress: 'allow', egress: ['2/ANY/0', `${CIDR_IDENTITY_BASE + 1}/ANY/0`] },
   },
   {
     name: 'namespaceSelector matches namespace labels (local cluster)',
@@ -230,35 +231,42 @@ describe('compilePolicies', () => {
     expect([...compile([]).endpoints.keys()]).toEqual(['client', 'prod-client', 'server']);
   });
 
+  const denyIn = '; the endpoints it selects deny all ingress';
   test.each([
-    ['bad selector operator', np('bad', { podSelector: { matchExpressions: [{ key: 'app', operator: 'Is' }] } }), 'spec.podSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist'],
-    ['In without values', np('bad', { podSelector: {}, ingress: [{ from: [{ podSelector: { matchExpressions: [{ key: 'app', operator: 'In' }] } }] }] }), 'spec.ingress[0].from[0].podSelector.matchExpressions[0].values: In needs at least one value'],
-    ['port out of range', np('bad', { podSelector: {}, ingress: [{ ports: [{ port: 70000 }] }] }), 'spec.ingress[0].ports[0].port: port must be 1..65535'],
-    ['unknown protocol', np('bad', { podSelector: {}, ingress: [{ ports: [{ port: 80, protocol: 'ICMP' }] }] }), 'spec.ingress[0].ports[0].protocol: protocol must be TCP, UDP, SCTP or ANY'],
-    ['missing podSelector', np('bad', { ingress: [{}] }), 'spec.podSelector: required'],
-    ['spec not an object', np('bad', 'nope'), 'spec: must be an object'],
-    ['empty peer', np('bad', { podSelector: {}, ingress: [{ from: [{}] }] }), 'spec.ingress[0].from[0]: needs podSelector, namespaceSelector or ipBlock'],
-    ['unknown field', np('bad', { podSelector: {}, ingres: [] }), 'spec.ingres: unknown field'],
-    ['deny rules are not supported', mnp('bad', { endpointSelector: {}, ingressDeny: [{}] }), 'spec.ingressDeny: not supported'],
-    ['fromRequires is not supported', mnp('bad', { endpointSelector: {}, ingress: [{ fromRequires: [{}] }] }), 'spec.ingress[0].fromRequires: not supported'],
-    ['unknown entity', mnp('bad', { endpointSelector: {}, ingress: [{ fromEntities: ['moon'] }] }), 'spec.ingress[0].fromEntities[0]: unknown entity "moon"'],
-  ])('malformed policy skipped: %s', (_name, policy, message) => {
+    ['bad selector operator', np('bad', { podSelector: { matchExpressions: [{ key: 'app', operator: 'Is' }] } }), 'skipped', 'spec.podSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist', 'allow', 'allow'],
+    ['missing podSelector', np('bad', { ingress: [{}] }), 'skipped', 'spec.podSelector: required', 'allow', 'allow'],
+    ['spec not an object', np('bad', 'nope'), 'skipped', 'spec: must be an object', 'allow', 'allow'],
+    ['In without values', np('bad', { podSelector: {}, ingress: [{ from: [{ podSelector: { matchExpressions: [{ key: 'app', operator: 'In' }] } }] }] }), 'denied', `spec.ingress[0].from[0].podSelector.matchExpressions[0].values: In needs at least one value${denyIn}`, 'deny', 'allow'],
+    ['port out of range', np('bad', { podSelector: {}, ingress: [{ ports: [{ port: 70000 }] }] }), 'denied', `spec.ingress[0].ports[0].port: port must be 1..65535${denyIn}`, 'deny', 'allow'],
+    ['unknown protocol', np('bad', { podSelector: {}, ingress: [{ ports: [{ port: 80, protocol: 'ICMP' }] }] }), 'denied', `spec.ingress[0].ports[0].protocol: protocol must be TCP, UDP, SCTP or ANY${denyIn}`, 'deny', 'allow'],
+    ['empty peer', np('bad', { podSelector: {}, ingress: [{ from: [{}] }] }), 'denied', `spec.ingress[0].from[0]: needs podSelector, namespaceSelector or ipBlock${denyIn}`, 'deny', 'allow'],
+    ['unknown field', np('bad', { podSelector: {}, ingres: [] }), 'denied', 'spec.ingres: not supported; the endpoints it selects deny all ingress and egress', 'deny', 'deny'],
+    ['deny rules are not supported', mnp('bad', { endpointSelector: {}, ingressDeny: [{}] }), 'denied', `spec.ingressDeny: not supported${denyIn}`, 'deny', 'allow'],
+    ['fromRequires is not supported', mnp('bad', { endpointSelector: {}, ingress: [{ fromRequires: [{}] }] }), 'denied', `spec.ingress[0].fromRequires: not supported${denyIn}`, 'deny', 'allow'],
+    ['toFQDNs is not supported', mnp('bad', { endpointSelector: {}, egress: [{ toFQDNs: [{ matchName: 'x' }] }] }), 'denied', 'spec.egress[0].toFQDNs: not supported; the endpoints it selects deny all egress', 'allow', 'deny'],
+    ['L7 rules are not supported', mnp('bad', { endpointSelector: {}, ingress: [{ toPorts: [{ ports: [{ port: '80' }], rules: { http: [{}] } }] }] }), 'denied', `spec.ingress[0].toPorts[0].rules: not supported${denyIn}`, 'deny', 'allow'],
+    ['unknown entity', mnp('bad', { endpointSelector: {}, ingress: [{ fromEntities: ['moon'] }] }), 'denied', `spec.ingress[0].fromEntities[0]: unknown entity "moon"${denyIn}`, 'deny', 'allow'],
+  ] as const)('malformed or unenforceable policy fails closed: %s', (_name, policy, severity, message, clientIn, clientOut) => {
     const good = np('good', { podSelector: serverSel, ingress: [{ from: [{ podSelector: { matchLabels: { app: 'client' } } }] }] });
     const r = compile([policy, good]);
-    expect(r.problems).toEqual([{ policy: `${policy.kind} demo/bad`, severity: 'skipped', message }]);
+    expect(r.problems).toEqual([{ policy: `${policy.kind} demo/bad`, severity, message }]);
     expect(r.applied).toEqual(['NetworkPolicy demo/good']);
-    expect(view(r.endpoints.get('server'))).toEqual({ ingress: [`${CLIENT}/ANY/0`], egress: 'allow' });
-    expect(view(r.endpoints.get('client'))).toEqual({ ingress: 'allow', egress: 'allow' });
+    // The good policy's rules still apply; the bad one adds enforcement with no rules.
+    expect(view(r.endpoints.get('server')).ingress).toEqual([`${CLIENT}/ANY/0`]);
+    const dir = (v: 'allow' | 'deny') => (v === 'allow' ? 'allow' : []);
+    expect(view(r.endpoints.get('client'))).toEqual({ ingress: dir(clientIn), egress: dir(clientOut) });
+    // Another namespace is untouched.
+    expect(view(r.endpoints.get('prod-client'))).toEqual({ ingress: 'allow', egress: 'allow' });
   });
 
-  test('unresolvable named port and egress named port: warnings, nothing allowed', () => {
+  test('unresolvable named ports (ingress: the endpoint has none; egress: no destination pod has one): warnings, nothing allowed', () => {
     const r = compile([
       np('named', { podSelector: {}, ingress: [{ ports: [{ port: 'grpc' }] }], egress: [{ ports: [{ port: 'http' }] }] }),
     ]);
     expect(r.problems).toEqual([
       { policy: 'NetworkPolicy demo/named', severity: 'warning', message: 'named port "grpc" is not a port of endpoint client, it allows nothing there' },
       { policy: 'NetworkPolicy demo/named', severity: 'warning', message: 'named port "grpc" is not a port of endpoint server, it allows nothing there' },
-      { policy: 'NetworkPolicy demo/named', severity: 'warning', message: 'named port "http" in an egress rule is not supported, it allows nothing' },
+      { policy: 'NetworkPolicy demo/named', severity: 'warning', message: 'named port "http" is not a port of any destination pod, it allows nothing' },
     ]);
     expect(view(r.endpoints.get('server'))).toEqual({ ingress: [], egress: [] });
   });
