@@ -8,7 +8,7 @@
 import type { ClusterClient, Watch } from '../cluster/client.js';
 import type { EtcdClusterClient } from '../cluster/etcd-client.js';
 import type { KubeObject } from '../cluster/types.js';
-import { Direction, EndpointFlags, IpcacheFlags, NodeFlags, ReservedIdentity } from '../datapath/codecs.js';
+import { Direction, EndpointFlags, IpcacheFlags, NodeFlags, ReservedIdentity, type IpcacheInfo, type NodeInfo } from '../datapath/codecs.js';
 import type { Datapath } from '../datapath/datapath.js';
 import { ifindexOf } from '../datapath/addon.js';
 import { parseCidr } from '../util/cidr.js';
@@ -62,6 +62,7 @@ export class Reconciler {
   private readonly attached = new Map<string, number>();
   private readonly kernelRoutes = new Map<string, string>();
   private lastGc = 0;
+  private adoptionDone = false;
 
   constructor(
     readonly opts: ReconcilerOptions,
@@ -219,8 +220,17 @@ export class Reconciler {
     this.dropStaleEndpoints(wantedIps, wantedEpIds);
 
     // Loop 3: the cluster view: nodes, every pod's address, services.
-    this.dp.clearIpcache();
-    this.dp.clearNodes();
+    // The view is stated whole each pass: what was wanted before and is not stated again goes.
+    const ipcacheWanted = new Set<string>();
+    const nodesWanted = new Set<string>();
+    const upsertIpcache = (prefix: string, info: IpcacheInfo): void => {
+      ipcacheWanted.add(prefix);
+      this.dp.upsertIpcache(prefix, info);
+    };
+    const upsertNode = (nodeIp: string, info: NodeInfo): void => {
+      nodesWanted.add(nodeIp);
+      this.dp.upsertNode(nodeIp, info);
+    };
     const nodeInfo = new Map<string, { ip: string; vpc: string; podCidr: string; index: number }>();
     nodes.items.forEach((n, i) => {
       const st = n.status as { addresses?: Array<{ type: string; address: string }>; meshctl?: { vpc?: string } };
@@ -230,12 +240,12 @@ export class Reconciler {
     const wantRoutes = new Map<string, string>();
     for (const [name, n] of nodeInfo) {
       if (name === o.node) {
-        this.dp.upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.host, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node | IpcacheFlags.localNode });
+        upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.host, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node | IpcacheFlags.localNode });
         continue;
       }
       const direct = o.routing === 'native' || (o.routing === 'hybrid' && n.vpc === o.vpc);
-      this.dp.upsertNode(n.ip, { nodeId: n.index, clusterId: o.clusterId, flags: direct ? NodeFlags.direct : 0 });
-      this.dp.upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.remoteNode, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node });
+      upsertNode(n.ip, { nodeId: n.index, clusterId: o.clusterId, flags: direct ? NodeFlags.direct : 0 });
+      upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.remoteNode, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node });
       if (direct && n.podCidr) wantRoutes.set(n.podCidr, n.vpc === o.vpc ? n.ip : 'gateway');
     }
     const epIdentity = new Map<string, number>();
@@ -251,17 +261,24 @@ export class Reconciler {
       if (!st.podIP || !nodeName) continue;
       if (nodeName === o.node) {
         const e = local.find((x) => x.ip === st.podIP);
-        if (e) this.dp.upsertIpcache(`${e.ip}/32`, { identity: e.identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 });
+        if (e) upsertIpcache(`${e.ip}/32`, { identity: e.identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 });
         continue;
       }
       const n = nodeInfo.get(nodeName);
       if (!n) continue;
       const identity = epIdentity.get(st.podIP) ?? byHash.get(labelsHash(podIdentityLabels(pod, o.cluster)));
       if (identity === undefined) continue; // its agent has not allocated it yet; a later pass will
-      this.dp.upsertIpcache(`${st.podIP}/32`, { identity, tunnelIp: n.ip, nodeId: n.index, flags: 0 });
+      upsertIpcache(`${st.podIP}/32`, { identity, tunnelIp: n.ip, nodeId: n.index, flags: 0 });
     }
     this.syncServices(services.items, pods.items);
     await this.syncRoutes(wantRoutes);
+    for (const p of this.dp.ipcachePrefixes()) if (!ipcacheWanted.has(p)) this.dp.deleteIpcache(p);
+    for (const n of this.dp.nodeIps()) if (!nodesWanted.has(n)) this.dp.deleteNode(n);
+    // The first full pass has stated everything: what the pinned maps held beyond it goes.
+    if (!this.adoptionDone) {
+      this.dp.pruneAdopted();
+      this.adoptionDone = true;
+    }
 
     const r = this.dp.sync();
     if (r.updated || r.deleted) this.log(`datapath: ${r.updated} entries written, ${r.deleted} removed`);
