@@ -3,7 +3,7 @@
  * the node's pin dir (sized at load, migrated when a pinned map has another size), sets up the
  * VXLAN device, attaches programs, and writes the maps as deltas (see {@link Datapath}).
  */
-import { readdirSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { BPF_PIN_ROOT } from '../defaults.js';
 import { ip } from '../util/exec.js';
@@ -547,7 +547,12 @@ export class Datapath {
     const out: string[] = [];
     let devices: string[] = [];
     try {
-      devices = readdirSync('/sys/class/net');
+      // procfs answers for the caller's network namespace; /sys/class/net for the one sysfs was mounted in.
+      devices = readFileSync('/proc/self/net/dev', 'utf8')
+        .split('\n')
+        .slice(2)
+        .map((l) => l.split(':')[0].trim())
+        .filter((d) => d !== '');
     } catch {
       return out;
     }
