@@ -56,7 +56,7 @@ demo: deps build
 
 # Benchmarks (root; each compares with a baseline measured in the same run). Not part of `make test`.
 bench: deps build
-	$(NODE) dist/bench/maps.js
+	$(NODE) dist/bench/ipcache.js
 	$(NODE) dist/bench/datapath.js
 
 clean:

@@ -68,6 +68,8 @@ class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
             InstanceMethod<&BpfMap::NextKey>("nextKey"),
             InstanceMethod<&BpfMap::Keys>("keys"),
             InstanceMethod<&BpfMap::UpdateBatch>("updateBatch"),
+            InstanceMethod<&BpfMap::DeleteBatch>("deleteBatch"),
+            InstanceMethod<&BpfMap::Dump>("dump"),
             InstanceMethod<&BpfMap::Pin>("pin"),
             InstanceMethod<&BpfMap::Close>("close"),
         });
@@ -329,6 +331,154 @@ class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
     return out;
   }
 
+  // deleteBatch(keys, count, method?: 'auto' | 'loop') -> { count, batched }. Keys that are
+  // absent are skipped (not an error); `count` says how many were deleted.
+  Napi::Value DeleteBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_delete_batch");
+    auto keys = ArgBuffer(info, 0, "keys");
+    if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(env, "count must be a number");
+    int64_t count64 = info[1].As<Napi::Number>().Int64Value();
+    if (count64 < 0 || count64 > UINT32_MAX) throw Napi::RangeError::New(env, "count must be in 0..2^32-1");
+    uint32_t count = static_cast<uint32_t>(count64);
+    bool loopOnly = false;
+    if (info.Length() > 2 && !info[2].IsUndefined()) {
+      std::string method = ArgString(info, 2, "method");
+      if (method == "loop") {
+        loopOnly = true;
+      } else if (method != "auto") {
+        throw Napi::TypeError::New(env, "method must be 'auto' or 'loop'");
+      }
+    }
+    CheckSize(env, "map_delete_batch", "keys", keys.Length(), static_cast<size_t>(keySize_) * count);
+    const uint8_t* k = keys.Data();
+    uint32_t deleted = 0, next = 0;
+    bool batched = false;
+    if (!loopOnly && count > 0 && deleteBatchSupport_ != kNo) {
+      LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = 0, .flags = 0);
+      while (next < count) {
+        uint32_t done = count - next;
+        int rc = bpf_map_delete_batch(fd_, k + static_cast<size_t>(next) * keySize_, &done, &opts);
+        if (rc == 0) {
+          deleted += count - next;
+          next = count;
+          break;
+        }
+        int err = errno;
+        if (deleteBatchSupport_ == kUnknown && next == 0 && done == 0 && (err == kEnotsupp || err == EOPNOTSUPP)) {
+          deleteBatchSupport_ = kNo;
+          break;
+        }
+        if (err != ENOENT || done >= count - next) {
+          Napi::Error error = BpfError(env, "map_delete_batch", name_, err);
+          error.Set("count", static_cast<double>(deleted + (done < count - next ? done : 0)));
+          throw error;
+        }
+        // The kernel stopped at an absent key: count what went before it and step over it.
+        deleteBatchSupport_ = kYes;
+        deleted += done;
+        next += done + 1;
+      }
+      if (next >= count) {
+        deleteBatchSupport_ = kYes;
+        batched = true;
+      }
+    }
+    for (uint32_t i = next; i < count; i++) {
+      if (bpf_map_delete_elem(fd_, k + static_cast<size_t>(i) * keySize_) != 0) {
+        int err = errno;
+        if (err == ENOENT) continue;
+        Napi::Error error = BpfError(env, "map_delete_batch", name_, err);
+        error.Set("count", static_cast<double>(deleted));
+        throw error;
+      }
+      deleted++;
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("count", deleted);
+    out.Set("batched", batched);
+    return out;
+  }
+
+  // dump() -> { keys, values, count, batched }: every element, packed (count × keySize and
+  // count × userValueSize bytes). BPF_MAP_LOOKUP_BATCH where the map type has it, else a
+  // get_next_key + lookup loop in native code (bounded like keys(); elements deleted between
+  // the two calls are left out).
+  Napi::Value Dump(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RequireOpen(env, "map_lookup_batch");
+    std::vector<uint8_t> keys, values;
+    uint32_t total = 0;
+    bool batched = false;
+    if (lookupBatchSupport_ != kNo) {
+      uint32_t chunk = maxEntries_ < 4096 ? (maxEntries_ > 0 ? maxEntries_ : 1) : 4096;
+      // The batch token is a bucket index for hash maps and a key for the generic op.
+      std::vector<uint8_t> inBatch(keySize_ < 8 ? 8 : keySize_), outBatch(inBatch.size());
+      bool first = true, failed = false;
+      for (;;) {
+        keys.resize(static_cast<size_t>(total + chunk) * keySize_);
+        values.resize(static_cast<size_t>(total + chunk) * userValueSize_);
+        uint32_t n = chunk;
+        LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = 0, .flags = 0);
+        int rc = bpf_map_lookup_batch(fd_, first ? nullptr : inBatch.data(), outBatch.data(),
+                                      keys.data() + static_cast<size_t>(total) * keySize_,
+                                      values.data() + static_cast<size_t>(total) * userValueSize_, &n, &opts);
+        int err = rc == 0 ? 0 : errno;
+        if (rc != 0 && err != ENOENT) {
+          if (first && lookupBatchSupport_ == kUnknown && (err == kEnotsupp || err == EOPNOTSUPP || err == EINVAL)) {
+            lookupBatchSupport_ = kNo;
+            failed = true;
+            break;
+          }
+          if (err == ENOSPC && n == 0 && chunk < (1u << 24)) {
+            chunk *= 2;  // one hash bucket holds more than a chunk
+            continue;
+          }
+          throw BpfError(env, "map_lookup_batch", name_, err);
+        }
+        total += n;
+        first = false;
+        inBatch.swap(outBatch);
+        if (err == ENOENT) break;
+      }
+      if (!failed) {
+        lookupBatchSupport_ = kYes;
+        batched = true;
+      } else {
+        total = 0;
+      }
+    }
+    if (!batched) {
+      std::vector<uint8_t> cur(keySize_), next(keySize_), value(userValueSize_);
+      const uint64_t limit = static_cast<uint64_t>(maxEntries_) * 2 + 16;
+      const void* prev = nullptr;
+      keys.clear();
+      values.clear();
+      for (uint64_t steps = 0; steps < limit; steps++) {
+        if (bpf_map_get_next_key(fd_, prev, next.data()) != 0) {
+          int err = errno;
+          if (err == ENOENT) break;
+          throw BpfError(env, "map_next_key", name_, err);
+        }
+        if (bpf_map_lookup_elem(fd_, next.data(), value.data()) == 0) {
+          keys.insert(keys.end(), next.begin(), next.end());
+          values.insert(values.end(), value.begin(), value.end());
+          total++;
+        } else if (errno != ENOENT) {
+          throw BpfError(env, "map_lookup", name_, errno);
+        }
+        cur.swap(next);
+        prev = cur.data();
+      }
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("keys", Napi::Buffer<uint8_t>::Copy(env, keys.data(), static_cast<size_t>(total) * keySize_));
+    out.Set("values", Napi::Buffer<uint8_t>::Copy(env, values.data(), static_cast<size_t>(total) * userValueSize_));
+    out.Set("count", total);
+    out.Set("batched", batched);
+    return out;
+  }
+
   Napi::Value Pin(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     RequireOpen(env, "obj_pin");
@@ -350,6 +500,8 @@ class BpfMap : public Napi::ObjectWrap<BpfMap>, public Closable {
   uint32_t userValueSize_ = 0, possibleCpus_ = 1;
   std::string name_;
   BatchSupport batchSupport_ = kUnknown;
+  BatchSupport deleteBatchSupport_ = kUnknown;
+  BatchSupport lookupBatchSupport_ = kUnknown;
 };
 
 }  // namespace

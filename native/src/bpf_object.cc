@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -32,6 +33,8 @@ std::string FailedItem(const std::string& libbpfLog, const std::string& kind, co
   if (libbpfLog.find('\n', start) < end) return "";
   return libbpfLog.substr(start, end - start);
 }
+
+using MaxEntries = std::vector<std::pair<std::string, uint32_t>>;
 
 class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
  public:
@@ -72,14 +75,15 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
   class LoadWorker : public Napi::AsyncWorker {
    public:
     LoadWorker(Napi::Env env, std::string path, std::string objectName, std::string pinRoot,
-               uint32_t logSize, uint32_t logLevel)
+               uint32_t logSize, uint32_t logLevel, MaxEntries maxEntries)
         : Napi::AsyncWorker(env, "meshctl:bpf_object_load"),
           deferred_(Napi::Promise::Deferred::New(env)),
           path_(std::move(path)),
           objectName_(std::move(objectName)),
           pinRoot_(std::move(pinRoot)),
           logSize_(logSize),
-          logLevel_(logLevel) {}
+          logLevel_(logLevel),
+          maxEntries_(std::move(maxEntries)) {}
 
     ~LoadWorker() override {
       if (obj_ != nullptr) bpf_object__close(obj_);
@@ -104,6 +108,20 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
         libbpfLog_ = capture.text();
         return;
       }
+      // Sizes are part of what libbpf compares when it reuses a pinned map, so they must be set
+      // before load; maps the object does not have are skipped (one size table serves every object).
+      for (const auto& [name, max] : maxEntries_) {
+        struct bpf_map* map = bpf_object__find_map_by_name(obj, name.c_str());
+        if (map == nullptr) continue;
+        if (bpf_map__set_max_entries(map, max) != 0) {
+          err_ = errno;
+          op_ = "load";
+          failedMap_ = name;
+          libbpfLog_ = capture.text();
+          bpf_object__close(obj);
+          return;
+        }
+      }
       if (bpf_object__load(obj) != 0) {
         err_ = errno;
         op_ = "load";
@@ -121,7 +139,7 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
       if (obj_ == nullptr) {
         std::string subject = path_;
         std::string program = FailedItem(libbpfLog_, "prog", "failed to load");
-        std::string map = FailedItem(libbpfLog_, "map", "failed to create");
+        std::string map = failedMap_.empty() ? FailedItem(libbpfLog_, "map", "failed to create") : failedMap_;
         if (!program.empty()) subject += " (program " + program + ")";
         if (program.empty() && !map.empty()) subject += " (map " + map + ")";
         Napi::Error error = BpfError(env, op_, subject, err_);
@@ -151,28 +169,42 @@ class BpfObject : public Napi::ObjectWrap<BpfObject>, public Closable {
     Napi::Promise::Deferred deferred_;
     std::string path_, objectName_, pinRoot_;
     uint32_t logSize_, logLevel_;
+    MaxEntries maxEntries_;
     struct bpf_object* obj_ = nullptr;
     int err_ = 0;
-    std::string op_, verifierLog_, libbpfLog_;
+    std::string op_, verifierLog_, libbpfLog_, failedMap_;
   };
 
-  // load(path, { name?, pinRoot?, logSize?, logLevel? }) -> Promise<BpfObject>
+  // load(path, { name?, pinRoot?, logSize?, logLevel?, maxEntries?: { [map]: n } }) -> Promise<BpfObject>
   static Napi::Value Load(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::string path = ArgString(info, 0, "path");
     std::string pinRoot, objectName;
     uint32_t logSize = kDefaultLogSize, logLevel = 0;
+    MaxEntries maxEntries;
     if (info.Length() > 1 && info[1].IsObject()) {
       Napi::Object options = info[1].As<Napi::Object>();
       objectName = OptString(options, "name", "");
       pinRoot = OptString(options, "pinRoot", "");
       logSize = OptUint32(options, "logSize", kDefaultLogSize);
       logLevel = OptUint32(options, "logLevel", 0);
+      Napi::Value sizes = options.Get("maxEntries");
+      if (!sizes.IsUndefined() && !sizes.IsNull()) {
+        if (!sizes.IsObject()) throw Napi::TypeError::New(env, "maxEntries must be an object of map name -> entries");
+        Napi::Object table = sizes.As<Napi::Object>();
+        Napi::Array names = table.GetPropertyNames();
+        for (uint32_t i = 0; i < names.Length(); i++) {
+          std::string name = names.Get(i).ToString().Utf8Value();
+          uint32_t max = OptUint32(table, name.c_str(), 0);
+          if (max == 0) throw Napi::RangeError::New(env, "maxEntries." + name + " must be a positive integer");
+          maxEntries.emplace_back(name, max);
+        }
+      }
     }
     if (logSize < kMinLogSize || logSize > kMaxLogSize) {
       throw Napi::RangeError::New(env, "logSize must be between 4096 and 268435456 bytes");
     }
-    auto* worker = new LoadWorker(env, path, objectName, pinRoot, logSize, logLevel);
+    auto* worker = new LoadWorker(env, path, objectName, pinRoot, logSize, logLevel, std::move(maxEntries));
     Napi::Promise promise = worker->Promise();
     worker->Queue();
     return promise;

@@ -2,6 +2,7 @@
 // kernel, not in this process: they keep the program running after the process exits.
 // Every call can act inside another network namespace (`netns`: a name under /run/netns or a
 // path): the calling thread enters it for the duration of the call and returns.
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -10,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "common.h"
 
@@ -127,6 +129,15 @@ Napi::Object Describe(Napi::Env env, const TcTarget& target, const struct bpf_tc
   out.Set("priority", opts.priority);
   out.Set("handle", opts.handle);
   out.Set("programId", opts.prog_id);
+  // The kernel's name of the program (at most 15 characters), when it can still be read.
+  int fd = opts.prog_id != 0 ? bpf_prog_get_fd_by_id(opts.prog_id) : -1;
+  if (fd >= 0) {
+    struct bpf_prog_info progInfo;
+    std::memset(&progInfo, 0, sizeof progInfo);
+    uint32_t len = sizeof progInfo;
+    if (bpf_obj_get_info_by_fd(fd, &progInfo, &len) == 0) out.Set("programName", std::string(progInfo.name));
+    close(fd);
+  }
   return out;
 }
 

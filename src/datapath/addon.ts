@@ -62,6 +62,8 @@ interface NativeBpfMap {
   nextKey(key: Buffer | null): Buffer | null;
   keys(): Buffer[];
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: number, method: 'auto' | 'loop'): BatchUpdateResult;
+  deleteBatch(keys: Buffer, count: number, method: 'auto' | 'loop'): BatchUpdateResult;
+  dump(): MapDump;
   pin(path: string): void;
   close(): void;
 }
@@ -88,6 +90,7 @@ interface NativeLoadOptions {
   pinRoot?: string;
   logSize?: number;
   logLevel?: number;
+  maxEntries?: Record<string, number>;
 }
 
 interface NativeAddon {
@@ -189,6 +192,13 @@ export interface LoadOptions {
   readonly logSize?: number;
   /** Verifier log level; 0 (default) asks for a log only after a failure. */
   readonly logLevel?: number;
+  /**
+   * Map sizes set before load (bpf_map__set_max_entries), by map name; maps the object does not
+   * declare are ignored, so one table can serve several objects. A map pinned under `pinRoot`
+   * with another size cannot be reused: the load then fails with BpfError EINVAL (op 'load',
+   * `map` set) and the caller migrates it (see Datapath.open). Default: the sizes in the ELF.
+   */
+  readonly maxEntries?: Readonly<Record<string, number>>;
 }
 
 export interface ProgramInfo {
@@ -239,6 +249,12 @@ export class BpfObject {
     if (options.pinRoot !== undefined) nativeOptions.pinRoot = options.pinRoot;
     if (options.logSize !== undefined) nativeOptions.logSize = options.logSize;
     if (options.logLevel !== undefined) nativeOptions.logLevel = options.logLevel;
+    if (options.maxEntries !== undefined) {
+      for (const [map, n] of Object.entries(options.maxEntries)) {
+        if (!Number.isInteger(n) || n < 1 || n > 0xffffffff) throw new RangeError(`maxEntries.${map}: ${n} is not a positive 32-bit integer`);
+      }
+      nativeOptions.maxEntries = { ...options.maxEntries };
+    }
     try {
       return new BpfObject(await native.BpfObject.load(path, nativeOptions), path);
     } catch (err) {
@@ -330,6 +346,17 @@ export interface BatchUpdateResult {
   readonly batched: boolean;
 }
 
+/** Every element of a map, packed as {@link BpfMap.updateBatch} takes them. */
+export interface MapDump {
+  /** count × keySize bytes. */
+  readonly keys: Buffer;
+  /** count × userValueSize bytes. */
+  readonly values: Buffer;
+  readonly count: number;
+  /** True when BPF_MAP_LOOKUP_BATCH did it; false for the native next_key + lookup loop. */
+  readonly batched: boolean;
+}
+
 /**
  * One BPF map fd. Operations are synchronous single syscalls. Key and value Buffers must match
  * the map's sizes exactly (see {@link MapInfo.userValueSize} for per-CPU maps) or a RangeError
@@ -413,6 +440,25 @@ export class BpfMap {
     return call(() =>
       this.#native.updateBatch(keys, values, count, options.flags ?? MapUpdateFlags.ANY, options.method ?? 'auto'),
     );
+  }
+
+  /**
+   * Deletes `count` keys (`keys` holds count × keySize bytes, packed) with BPF_MAP_DELETE_BATCH
+   * where the map type has it, else one delete syscall per key in native code. Absent keys are
+   * skipped; `count` in the result says how many were deleted. Not atomic: on failure the
+   * BpfError's `count` says how many were deleted before it.
+   */
+  deleteBatch(keys: Buffer, count: number, options: { readonly method?: 'auto' | 'loop' } = {}): BatchUpdateResult {
+    return call(() => this.#native.deleteBatch(keys, count, options.method ?? 'auto'));
+  }
+
+  /**
+   * Every element in one native call: BPF_MAP_LOOKUP_BATCH where the map type has it (hash maps
+   * 5.6+, LPM tries in newer kernels), else a next_key + lookup loop without JS in between.
+   * Not a snapshot: concurrent writers may or may not be seen.
+   */
+  dump(): MapDump {
+    return call(() => this.#native.dump());
   }
 
   /** Pins the map at `path` in bpffs (the parent directory must exist). */
@@ -515,6 +561,8 @@ export interface TcAttachment {
   readonly handle: number;
   /** Kernel id of the attached program. */
   readonly programId: number;
+  /** The kernel's name of that program: its first 15 characters (absent when it cannot be read). */
+  readonly programName?: string;
 }
 
 function programFd(program: AttachTcOptions['program']): number {

@@ -328,6 +328,61 @@ describe('native addon datapath (root, network namespaces, real packets)', () =>
     }
   });
 
+  test('dump and deleteBatch: every element in one call, absent keys skipped', () => {
+    // bySrc (hash) and ipcache (LPM trie) hold what the updateBatch test wrote.
+    const hash = bySrc.dump();
+    expect(hash.keys).toHaveLength(4 * hash.count);
+    expect(hash.values).toHaveLength(8 * hash.count);
+    const byKey = new Map<string, bigint>();
+    for (let i = 0; i < hash.count; i++) byKey.set(hash.keys.subarray(4 * i, 4 * i + 4).toString('hex'), hash.values.readBigUInt64LE(8 * i));
+    expect(byKey.size).toBe(bySrc.keys().length);
+    expect(byKey.get(Buffer.from([198, 18, 0, 7]).toString('hex'))).toBe(21n);
+    const trie = ipcache.dump();
+    expect(trie.count).toBe(ipcache.keys().length);
+    expect(trie.count).toBeGreaterThanOrEqual(200);
+
+    // Delete 198.18.0.0..9 plus one key that is not there.
+    const del = Buffer.alloc(4 * 11);
+    for (let i = 0; i < 10; i++) del.writeUInt32BE(0xc6120000 + i, 4 * i);
+    del.writeUInt32BE(0xc612ffff, 40);
+    const r = bySrc.deleteBatch(del, 11);
+    expect(r.count).toBe(10);
+    expect(bySrc.lookup(Buffer.from([198, 18, 0, 3]))).toBeNull();
+    expect(bySrc.lookup(Buffer.from([198, 18, 0, 10]))?.readBigUInt64LE()).toBe(30n);
+    expect(bySrc.deleteBatch(del, 11, { method: 'loop' })).toEqual({ count: 0, batched: false });
+    expect(() => bySrc.deleteBatch(del, 12)).toThrow(new RangeError('map_delete_batch fixture_by_src: keys is 44 bytes, map keys size is 48'));
+
+    const lpmDel = Buffer.alloc(8 * 3);
+    for (let i = 0; i < 3; i++) {
+      lpmDel.writeUInt32LE(32, 8 * i);
+      lpmDel.writeUInt32BE(0xac100000 + i, 8 * i + 4);
+    }
+    expect(ipcache.deleteBatch(lpmDel, 3).count).toBe(3);
+    expect(ipcache.dump().count).toBe(trie.count - 3);
+  });
+
+  test('maxEntries sets map sizes at load; a pinned map of another size then fails the load naming it', async () => {
+    const sizedRoot = `${PIN_ROOT}-sized`;
+    const sized = await BpfObject.load(counterObjectPath, { pinRoot: sizedRoot, maxEntries: { fixture_ipcache: 4096, not_in_this_object: 7 } });
+    const m = sized.map('fixture_ipcache');
+    expect(m.info().maxEntries).toBe(4096);
+    m.close();
+    sized.close();
+    const err = await BpfObject.load(counterObjectPath, { pinRoot: sizedRoot, maxEntries: { fixture_ipcache: 8192 } }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ op: 'load', code: 'EINVAL', map: 'fixture_ipcache' });
+    await expect(BpfObject.load(counterObjectPath, { pinRoot: sizedRoot, maxEntries: { fixture_ipcache: 0 } })).rejects.toThrow(
+      new RangeError('maxEntries.fixture_ipcache: 0 is not a positive 32-bit integer'),
+    );
+    rmSync(sizedRoot, { recursive: true, force: true });
+  });
+
+  test('queryTc names the attached program', () => {
+    expect(queryTc(vb)).toMatchObject({ programId: obj!.program('fixture_count_a').id, programName: 'fixture_count_a' });
+  });
+
   test('replacing the attached program is atomic: no ping lost, one filter, new program counts', async () => {
     const a0 = slot(0);
     const b0 = slot(1);

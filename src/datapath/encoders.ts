@@ -1,0 +1,167 @@
+/**
+ * Fast encoders for the writer's hot path (hundreds of thousands of ipcache entries per flush).
+ *
+ * Each one is compiled from a codec's declared layout (codecs.ts stays the one definition of the
+ * bytes) and checked once against that codec's own encode() on a probe value; when they disagree
+ * (a codec that transforms its fields, a layout this compiler does not know) the codec itself is
+ * used. Encoders write into one scratch buffer and return the bytes as a latin1 string: a
+ * compact, comparable, hashable string per entry instead of a Buffer object.
+ */
+import type { FieldLayout, StructCodec, StructLayout } from './codecs.js';
+
+export type Encoder<T> = (value: T) => string;
+
+/** The bytes of a latin1 string (as Encoders return them). */
+export function bytesOf(s: string): Buffer {
+  return Buffer.from(s, 'latin1');
+}
+
+export function latin1(b: Buffer): string {
+  return b.toString('latin1');
+}
+
+/** Dotted quad → u32 (host order), or a RangeError naming the value. No allocations. */
+export function parseIpv4(s: string): number {
+  let n = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || part > 255 || ++dots > 3) throw badIpv4(s);
+      n = n * 256 + part;
+      part = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57 && digits < 3) {
+      part = part * 10 + (c - 48);
+      digits++;
+    } else {
+      throw badIpv4(s);
+    }
+  }
+  if (dots !== 3 || digits === 0 || part > 255) throw badIpv4(s);
+  return n * 256 + part;
+}
+
+function badIpv4(s: unknown): RangeError {
+  return new RangeError(`invalid IPv4 address ${JSON.stringify(s)}`);
+}
+
+type Writer = (scratch: Buffer, rec: Record<string, unknown>) => void;
+
+/** One writer per field, specialised by kind (no per-call dispatch; bytes set directly). */
+function fieldWriter(layout: StructLayout, f: FieldLayout): Writer {
+  const o = f.offset;
+  const name = f.name;
+  const where = `${layout.cName}.${f.name}`;
+  const uint = (v: unknown, bits: number, max: number): number => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) throw new RangeError(`${where}: ${String(v)} is not a u${bits}`);
+    return v;
+  };
+  switch (f.kind) {
+    case 'u8':
+      return (b, r) => {
+        b[o] = uint(r[name], 8, 0xff);
+      };
+    case 'u16':
+      return (b, r) => {
+        const v = uint(r[name], 16, 0xffff);
+        b[o] = v & 0xff;
+        b[o + 1] = v >>> 8;
+      };
+    case 'u32':
+      return (b, r) => {
+        const v = uint(r[name], 32, 0xffffffff);
+        b[o] = v & 0xff;
+        b[o + 1] = (v >>> 8) & 0xff;
+        b[o + 2] = (v >>> 16) & 0xff;
+        b[o + 3] = v >>> 24;
+      };
+    case 'port':
+      return (b, r) => {
+        const v = uint(r[name], 16, 0xffff);
+        b[o] = v >>> 8;
+        b[o + 1] = v & 0xff;
+      };
+    case 'u64':
+      return (b, r) => {
+        const v = r[name];
+        if (typeof v !== 'bigint' || v < 0n || v >= 1n << 64n) throw new RangeError(`${where}: ${String(v)} is not a u64`);
+        b.writeBigUInt64LE(v, o);
+      };
+    case 'ipv4':
+      return (b, r) => {
+        const v = r[name];
+        if (typeof v !== 'string') throw new RangeError(`${where}: expected a dotted-quad string`);
+        const n = parseIpv4(v);
+        b[o] = n >>> 24;
+        b[o + 1] = (n >>> 16) & 0xff;
+        b[o + 2] = (n >>> 8) & 0xff;
+        b[o + 3] = n & 0xff;
+      };
+    case 'mac':
+      return (b, r) => {
+        const v = r[name];
+        if (typeof v !== 'string' || !/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(v)) throw new RangeError(`invalid MAC address ${JSON.stringify(v)}`);
+        for (let i = 0; i < 6; i++) b[o + i] = parseInt(v.slice(i * 3, i * 3 + 2), 16);
+      };
+  }
+}
+
+/** A value for every field of a layout, different from zero and from each other where it can be. */
+function probeFor(layout: StructLayout): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  layout.fields.forEach((f, i) => {
+    switch (f.kind) {
+      case 'u8':
+        out[f.name] = (0x11 * (i + 1)) & 0xff || 1;
+        break;
+      case 'u16':
+      case 'port':
+        out[f.name] = (0x1234 + i * 0x101) & 0xffff;
+        break;
+      case 'u32':
+        out[f.name] = (0x12345 + i * 0x10101) >>> 0;
+        break;
+      case 'u64':
+        out[f.name] = BigInt(i + 1) << 40n;
+        break;
+      case 'ipv4':
+        out[f.name] = `${(i % 250) + 1}.2.3.4`;
+        break;
+      case 'mac':
+        out[f.name] = `02:00:00:00:00:${(i % 100).toString().padStart(2, '0')}`;
+        break;
+    }
+  });
+  return out;
+}
+
+/**
+ * An encoder for `layout` whose input has the layout's field names. `reference` is what it must
+ * agree with (default: none, so the compiled encoder is used unchecked) on `probe`; on
+ * disagreement `fallback` is returned instead.
+ */
+export function layoutEncoder<T>(layout: StructLayout, reference: (v: T) => Buffer, fallback: Encoder<T>, probe: T = probeFor(layout) as T): Encoder<T> {
+  // Only field bytes are ever written, so padding stays zero without clearing.
+  const scratch = Buffer.alloc(layout.size);
+  const writers = layout.fields.map((f) => fieldWriter(layout, f));
+  const size = layout.size;
+  const fast: Encoder<T> = (value) => {
+    const rec = value as Record<string, unknown>;
+    for (let i = 0; i < writers.length; i++) writers[i](scratch, rec);
+    return scratch.toString('latin1', 0, size);
+  };
+  try {
+    if (latin1(reference(probe)) === fast(probe)) return fast;
+  } catch {
+    // the reference rejects the probe: the layout is not what this compiler thinks
+  }
+  return fallback;
+}
+
+/** The compiled encoder of a plain struct codec (its fields are its TS properties), else the codec. */
+export function structEncoder<T>(codec: StructCodec<T>): Encoder<T> {
+  return layoutEncoder<T>(codec.layout, (v) => codec.encode(v), (v) => latin1(codec.encode(v)));
+}
