@@ -5,6 +5,11 @@
  * It only takes packets addressed to a pod of this node: natively routed
  * pod traffic from other nodes (and anything else the underlay sends to a
  * local pod IP). For those it decides:
+ *   - may it come natively: only from a direct-routed peer (the source's
+ *     ipcache entry names a node whose mesh_nodes entry has DIRECT), from a
+ *     node's own address, or as a reply to (or ICMP error about) a
+ *     connection the pod opened; anything else is dropped NOT_DIRECT_ROUTED,
+ *     since in tunnel mode any underlay host could claim a pod's address;
  *   - who sent it: the ipcache identity of the source address (world if
  *     unknown), since native routing carries no identity;
  *   - may it enter: the destination endpoint's ingress policy for new
@@ -20,6 +25,24 @@
 #include "lib/ipcache.h"
 #include "lib/flow.h"
 #include "lib/local.h"
+#include "lib/tunnel.h"
+#include "lib/conntrack.h"
+
+/* Is the source of a native packet one that may route to our pods? */
+static __always_inline int native_source_trusted(const struct mesh_pkt *p,
+						 const struct mesh_ipcache_info *src)
+{
+	const struct mesh_node_info *node;
+
+	if (node_lookup(p->saddr))
+		return 1; /* a node's own stack (health checks, host network) */
+	if (src && src->tunnel_ip) {
+		node = node_lookup(src->tunnel_ip);
+		if (node && (node->flags & MESH_NODE_F_DIRECT))
+			return 1;
+	}
+	return ct_is_reply(p, MESH_DIR_INGRESS);
+}
 
 SEC("tc")
 int mesh_from_netdev(struct __sk_buff *skb)
@@ -49,6 +72,11 @@ int mesh_from_netdev(struct __sk_buff *skb)
 		p.node_ip = src->tunnel_ip;
 	} else {
 		p.src_identity = MESH_IDENTITY_WORLD;
+	}
+	if (!native_source_trusted(&p, src)) {
+		p.dst_identity = ep->identity;
+		p.ep_id = ep->ep_id;
+		return verdict_drop(skb, &p, MESH_DROP_NOT_DIRECT_ROUTED);
 	}
 	return local_deliver(skb, &p, ep);
 }

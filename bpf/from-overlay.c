@@ -5,8 +5,12 @@
  * so it sees every decapsulated packet another node tunnelled to us.
  *
  * It decides:
- *   - who sent it: the VNI is the sender's security identity (a zero VNI
- *     falls back to the ipcache, then world);
+ *   - may the sender speak: the outer source must be a node in mesh_nodes
+ *     (else TUNNEL_SOURCE_UNKNOWN: a pod or any host can reach UDP 8472 and
+ *     make up a VNI), and the VNI must be a reserved identity or one of
+ *     that node's cluster (else IDENTITY_MISMATCH);
+ *   - who sent it: then the VNI is the sender's security identity (a zero
+ *     VNI falls back to the ipcache, then world);
  *   - may it enter: the destination endpoint's ingress policy for new
  *     connections (conntrack passes replies and established ones, and
  *     reverse-NATs replies of service connections);
@@ -44,7 +48,12 @@ int mesh_from_overlay(struct __sk_buff *skb)
 	if (ret)
 		return verdict_drop(skb, &p, ret);
 	p.node_ip = node_ip;
-	p.src_identity = identity ? identity : ipcache_identity_of(p.saddr);
+	p.src_identity = identity;
+	ret = tunnel_check_sender(node_ip, identity);
+	if (ret)
+		return verdict_drop(skb, &p, ret);
+	if (!identity)
+		p.src_identity = ipcache_identity_of(p.saddr);
 
 	ep = endpoint_lookup(p.daddr);
 	if (!ep)

@@ -43,18 +43,58 @@
 /* Identities are 24 bits so they fit a VXLAN VNI. */
 #define MESH_IDENTITY_MASK        0x00ffffffU
 
+/* Default map sizes (max_entries); the loader may set others at load, and
+ * a build may override them with -D. */
+#ifndef MESH_MAX_ENDPOINTS
 #define MESH_MAX_ENDPOINTS   4096
+#endif
+#ifndef MESH_MAX_IPCACHE
 #define MESH_MAX_IPCACHE     65536
+#endif
+#ifndef MESH_MAX_NODES
 #define MESH_MAX_NODES       4096
+#endif
+#ifndef MESH_MAX_POLICY
 #define MESH_MAX_POLICY      65536
+#endif
+#ifndef MESH_MAX_SERVICES
 #define MESH_MAX_SERVICES    8192
-#define MESH_MAX_BACKENDS    65536
+#endif
+#ifndef MESH_MAX_BACKENDS
+#define MESH_MAX_BACKENDS    131072
+#endif
+#ifndef MESH_MAX_REVNAT
 #define MESH_MAX_REVNAT      8192
+#endif
+#ifndef MESH_MAX_CONNTRACK
 #define MESH_MAX_CONNTRACK   131072
+#endif
+#ifndef MESH_MAX_FRAGS
+#define MESH_MAX_FRAGS       8192
+#endif
+#ifndef MESH_MAX_METRICS
 #define MESH_MAX_METRICS     1024
+#endif
 #define MESH_FLOW_RING_BYTES (1U << 20)
-/* Backends per service: slots 1..count in mesh_backends. */
-#define MESH_MAX_SERVICE_BACKENDS 256
+/* Backends per service: slots 1..count in mesh_backends (a 32-bit slot);
+ * in practice the backends map's size is the bound. */
+#define MESH_MAX_SERVICE_BACKENDS (1U << 24)
+/* Identities below this are reserved (host, world, ...) and carry no
+ * cluster bits; cluster identities are cluster_id << 16 | local. */
+#define MESH_IDENTITY_RESERVED_MAX 256
+#define MESH_IDENTITY_CLUSTER_SHIFT 16
+#define MESH_IDENTITY_CLUSTER_MASK  0xffU
+
+/* Default conntrack lifetimes in seconds, used where mesh_config holds 0.
+ * As Cilium's: a handshake that does not finish within a minute is gone,
+ * an established TCP connection may idle for 6 h (longer than the usual
+ * 2 h TCP keepalive, so idle keepalive'd connections survive), a closed
+ * one (FIN or RST seen) lingers 10 s for the last ACKs and retransmits,
+ * and datagram "connections" (UDP, ICMP, other) idle out after 60 s. */
+#define MESH_CT_LIFETIME_TCP_SYN_S         60
+#define MESH_CT_LIFETIME_TCP_ESTABLISHED_S 21600
+#define MESH_CT_LIFETIME_TCP_CLOSE_S       10
+#define MESH_CT_LIFETIME_OTHER_S           60
 
 enum mesh_verdict {
 	MESH_VERDICT_FORWARDED = 1,
@@ -81,6 +121,10 @@ enum mesh_drop_reason {
 	MESH_DROP_NO_TUNNEL_KEY    = 14, /* overlay packet without metadata */
 	MESH_DROP_BACKEND_INVALID  = 15, /* service slot points at nothing */
 	MESH_DROP_REDIRECT_FAILED  = 16,
+	MESH_DROP_TUNNEL_SOURCE_UNKNOWN = 17, /* overlay: outer source is no known node */
+	MESH_DROP_IDENTITY_MISMATCH = 18, /* overlay: VNI's cluster bits are not the sender node's */
+	MESH_DROP_NOT_DIRECT_ROUTED = 19, /* native packet to a pod from no direct-routed peer */
+	MESH_DROP_FRAG_NOT_FOUND   = 20, /* later fragment whose first fragment was not seen */
 	MESH_DROP_REASON_MAX,
 };
 
@@ -104,6 +148,7 @@ enum mesh_ct_state {
 	MESH_CT_NEW         = 0,
 	MESH_CT_ESTABLISHED = 1,
 	MESH_CT_REPLY       = 2,
+	MESH_CT_RELATED     = 3, /* ICMP error about a tracked connection */
 };
 
 enum mesh_routing_mode {
@@ -134,6 +179,8 @@ enum mesh_routing_mode {
 /* mesh_ct_entry.flags */
 #define MESH_CT_F_SERVICE    (1U << 0) /* entry records a VIP -> backend choice */
 #define MESH_CT_F_SEEN_REPLY (1U << 1)
+#define MESH_CT_F_ESTABLISHED (1U << 2) /* TCP: the opener ACKed without SYN */
+#define MESH_CT_F_CLOSING    (1U << 3) /* TCP: FIN or RST seen in either direction */
 
 /* mesh_config.flags */
 #define MESH_CFG_F_NO_FLOWS  (1U << 0) /* do not emit flow events */
@@ -152,8 +199,12 @@ enum mesh_routing_mode {
  *  +---------------+---------------+---------------+-------+---+---+
  *  | node_ip (NBO) | node_id       | vxlan_ifindex |cluster|mod|flg|
  *  +---------------+---------------+---------------+-------+---+---+
- *  | netdev_ifindex| pad                                           |
- *  +---------------+-----------------------------------------------+ 24
+ *  | netdev_ifindex| ct_tcp_syn_s  | ct_tcp_estab_s| ct_tcp_close_s|
+ *  +---------------+---------------+---------------+---------------+ 32
+ *  | ct_other_s    | pad           |
+ *  +---------------+---------------+ 40
+ *
+ * The ct_* lifetimes are in seconds; 0 = the MESH_CT_LIFETIME_* default.
  */
 struct mesh_config {
 	__u32 node_ip;        /* this node's underlay IPv4 (network order) */
@@ -163,6 +214,10 @@ struct mesh_config {
 	__u8  routing_mode;   /* enum mesh_routing_mode, for unknown nodes */
 	__u8  flags;          /* MESH_CFG_F_* */
 	__u32 netdev_ifindex; /* underlay device (eth0) for native routing */
+	__u32 ct_tcp_syn_s;   /* TCP until the opener's first bare ACK */
+	__u32 ct_tcp_established_s;
+	__u32 ct_tcp_close_s; /* TCP after a FIN or RST */
+	__u32 ct_other_s;     /* UDP, ICMP, everything else */
 	__u32 pad;
 };
 
@@ -290,10 +345,10 @@ struct mesh_policy_entry {
  * mesh_services: ClusterIP frontends.
  *
  * key (8)                           value (8)
- *  0      4      6    7    8         0       2          4       5       8
- *  +------+------+----+----+         +-------+----------+-------+-------+
- *  | vip  |dport |prot|pad |         | count |rev_nat_id| flags | pad   |
- *  +------+------+----+----+         +-------+----------+-------+-------+
+ *  0      4      6    7    8         0               4          6     7     8
+ *  +------+------+----+----+         +---------------+----------+-----+-----+
+ *  | vip  |dport |prot|pad |         | count         |rev_nat_id|flags| pad |
+ *  +------+------+----+----+         +---------------+----------+-----+-----+
  */
 struct mesh_service_key {
 	__u32 vip;        /* network order */
@@ -303,29 +358,30 @@ struct mesh_service_key {
 };
 
 struct mesh_service_info {
-	__u16 count;      /* backends in slots 1..count, 0 = drop NO_BACKEND */
+	__u32 count;      /* backends in slots 1..count, 0 = drop NO_BACKEND */
 	__u16 rev_nat_id; /* also the service id that keys mesh_backends */
 	__u8  flags;      /* MESH_SVC_F_* */
-	__u8  pad[3];
+	__u8  pad;
 };
 
 /*
  * mesh_backends: (service id, slot) -> backend. Slot numbers start at 1.
  *
- * key (4)                   value (12)
- *  0          2      4       0      4      6    7    8        10     12
- *  +----------+------+       +------+------+----+----+--------+------+
- *  |rev_nat_id| slot |       | ip4  | port |prot|flg|cluster | pad  |
- *  +----------+------+       +------+------+----+----+--------+------+
+ * key (8)                          value (12)
+ *  0          2      4       8      0      4      6    7    8        10     12
+ *  +----------+------+-------+      +------+------+----+----+--------+------+
+ *  |rev_nat_id| pad  | slot  |      | ip4  | port |prot|flg|cluster | pad  |
+ *  +----------+------+-------+      +------+------+----+----+--------+------+
  */
 struct mesh_backend_key {
 	__u16 rev_nat_id;
-	__u16 slot;
+	__u16 pad;
+	__u32 slot;
 };
 
 struct mesh_backend_info {
 	__u32 ip4;        /* network order */
-	__u16 port;       /* network order */
+	__u16 port;       /* network order; 0 = the service's port */
 	__u8  proto;
 	__u8  flags;
 	__u16 cluster_id; /* owning cluster, informational for now */
@@ -359,10 +415,17 @@ struct mesh_revnat_info {
  *   EGRESS  - a local pod opened it (tuple after service DNAT)
  *   INGRESS - a peer opened it towards a local pod
  *   SERVICE - a local pod sent to a VIP (tuple before DNAT); the entry
- *             remembers the chosen backend so the connection sticks to it,
+ *             remembers the chosen backend (slot, ip, port) so the
+ *             connection sticks to it while that slot still holds it,
  *             and the EGRESS entry of the translated tuple records the VIP.
  * A packet matching the reverse of an EGRESS/INGRESS entry is a reply.
  * For ICMP echo, both ports hold the echo id.
+ *
+ * Every packet moves expires_ns to now + the lifetime of the entry's state
+ * (mesh_config ct_* seconds): TCP before the opener's bare ACK = syn, then
+ * established, after a FIN or RST = close; anything else = other. An entry
+ * past expires_ns is treated as missing; src/datapath/conntrack.ts deletes
+ * such entries (same clock: CLOCK_MONOTONIC).
  *
  * key (16)
  *  0       4       8      10     12   13   14     16
@@ -370,15 +433,15 @@ struct mesh_revnat_info {
  *  | saddr | daddr |sport |dport |prot|dir | pad  |
  *  +-------+-------+------+------+----+----+------+
  *
- * value (48)
- *  0          8           16        24       32        36     38         40
- *  +----------+-----------+---------+--------+---------+------+----------+
- *  |created_ns|last_seen  | packets | bytes  | nat_ip  |nport |rev_nat_id|
- *  +----------+-----------+---------+--------+---------+------+----------+
- *  40             44    45   48
- *  +--------------+-----+----+
- *  | src_identity |flags| pad|
- *  +--------------+-----+----+
+ * value (64)
+ *  0          8           16         24        32       40
+ *  +----------+-----------+----------+---------+--------+
+ *  |created_ns|last_seen  |expires_ns| packets | bytes  |
+ *  +----------+-----------+----------+---------+--------+
+ *  40       44     46         48             52            56    57      58    64
+ *  +--------+------+----------+--------------+-------------+-----+-------+-----+
+ *  | nat_ip |nport |rev_nat_id| src_identity | backend_slot|flags|tcp_flg| pad |
+ *  +--------+------+----------+--------------+-------------+-----+-------+-----+
  */
 struct mesh_ct_key {
 	__u32 saddr;
@@ -393,6 +456,7 @@ struct mesh_ct_key {
 struct mesh_ct_entry {
 	__u64 created_ns;
 	__u64 last_seen_ns;
+	__u64 expires_ns;   /* bpf_ktime_get_ns() after which the entry is dead */
 	__u64 packets;
 	__u64 bytes;
 	/* SERVICE entries: the backend chosen. EGRESS entries of a translated
@@ -402,8 +466,34 @@ struct mesh_ct_entry {
 	__u16 nat_port;     /* network order */
 	__u16 rev_nat_id;   /* non-zero: replies are rewritten to come from the VIP */
 	__u32 src_identity; /* identity of the opener */
+	__u32 backend_slot; /* SERVICE entries: the mesh_backends slot chosen */
 	__u8  flags;        /* MESH_CT_F_* */
-	__u8  pad[3];
+	__u8  tcp_flags;    /* TCP flags seen so far, both directions (FIN 0x01 ... ) */
+	__u8  pad[6];
+};
+
+/*
+ * mesh_frags (LRU hash): the ports of a fragmented datagram, filled from its
+ * first fragment so the later ones (which carry no L4 header) are judged
+ * like it.
+ *
+ * key (12)                                   value (4)
+ *  0       4       8      10   11   12        0      2      4
+ *  +-------+-------+------+----+----+         +------+------+
+ *  | saddr | daddr | id   |prot|pad |         |sport |dport |
+ *  +-------+-------+------+----+----+         +------+------+
+ */
+struct mesh_frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;         /* IPv4 identification (network order) */
+	__u8  proto;
+	__u8  pad;
+};
+
+struct mesh_frag_ports {
+	__u16 sport;      /* network order */
+	__u16 dport;      /* network order */
 };
 
 /*
@@ -545,6 +635,14 @@ struct {
 	__type(value, struct mesh_ct_entry);
 	MESH_PIN;
 } mesh_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MESH_MAX_FRAGS);
+	__type(key, struct mesh_frag_key);
+	__type(value, struct mesh_frag_ports);
+	MESH_PIN;
+} mesh_frags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -7,10 +7,14 @@
  *   mesh_revnat   {rev_nat_id} -> {vip, port}
  *
  * A pod's first packet to a VIP picks a backend at random and records the
- * choice in a SERVICE conntrack entry (tuple before DNAT), so the rest of
- * the connection sticks to it. The egress conntrack entry of the
- * translated tuple carries rev_nat_id and the VIP; replies matching it get
- * their source rewritten back to the VIP before they reach the pod.
+ * choice (slot, ip, port) in a SERVICE conntrack entry (tuple before DNAT),
+ * so the rest of the connection sticks to it as long as that slot still
+ * holds that backend: once the agent removes it (count lowered, slot
+ * rewritten) the next packet picks again, so a client is moved to a live
+ * backend (a TCP one resets it) instead of talking into a void. The egress
+ * conntrack entry of the translated tuple carries rev_nat_id and the VIP;
+ * replies matching it get their source rewritten back to the VIP before
+ * they reach the pod.
  */
 #ifndef MESH_LB_H
 #define MESH_LB_H
@@ -28,17 +32,39 @@ static __always_inline const struct mesh_service_info *lb_lookup_service(const s
 	return bpf_map_lookup_elem(&mesh_services, &key);
 }
 
-/* Picks a backend slot in 1..count. Returns the backend or NULL. */
+/* The port a backend takes traffic on: its own, or the service's. */
+static __always_inline __u16 lb_backend_port(const struct mesh_backend_info *be, const struct mesh_pkt *p)
+{
+	return be->port ? be->port : p->dport;
+}
+
+/* Picks a backend slot in 1..count. Returns the backend (and *slot) or NULL. */
 static __always_inline const struct mesh_backend_info *
-lb_select_backend(const struct mesh_service_info *svc)
+lb_select_backend(const struct mesh_service_info *svc, __u32 *slot)
 {
 	struct mesh_backend_key key = { .rev_nat_id = svc->rev_nat_id };
 	__u32 count = svc->count;
 
 	if (count == 0 || count > MESH_MAX_SERVICE_BACKENDS)
 		return NULL;
-	key.slot = (__u16)(bpf_get_prandom_u32() % count) + 1;
+	key.slot = (bpf_get_prandom_u32() % count) + 1;
+	*slot = key.slot;
 	return bpf_map_lookup_elem(&mesh_backends, &key);
+}
+
+/* Does the backend a SERVICE entry recorded still serve the service, in
+ * the same slot? */
+static __always_inline int lb_backend_still_valid(const struct mesh_service_info *svc,
+						  const struct mesh_ct_entry *sct,
+						  const struct mesh_pkt *p)
+{
+	struct mesh_backend_key key = { .rev_nat_id = svc->rev_nat_id, .slot = sct->backend_slot };
+	const struct mesh_backend_info *be;
+
+	if (sct->rev_nat_id != svc->rev_nat_id || key.slot == 0 || key.slot > svc->count)
+		return 0;
+	be = bpf_map_lookup_elem(&mesh_backends, &key);
+	return be && be->ip4 == sct->nat_ip && lb_backend_port(be, p) == sct->nat_port;
 }
 
 /*
@@ -52,7 +78,7 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct me
 	const struct mesh_service_info *svc;
 	const struct mesh_backend_info *be;
 	struct mesh_ct_entry *sct;
-	__u32 backend_ip;
+	__u32 backend_ip, slot = 0;
 	__u16 backend_port;
 	int ret;
 
@@ -64,16 +90,16 @@ static __always_inline int lb_translate_service(struct __sk_buff *skb, struct me
 		return MESH_DROP_NO_BACKEND;
 
 	sct = ct_lookup_service(p);
-	if (sct) {
+	if (sct && lb_backend_still_valid(svc, sct, p)) {
 		backend_ip = sct->nat_ip;
 		backend_port = sct->nat_port;
 	} else {
-		be = lb_select_backend(svc);
+		be = lb_select_backend(svc, &slot);
 		if (!be)
 			return MESH_DROP_BACKEND_INVALID;
 		backend_ip = be->ip4;
-		backend_port = be->port ? be->port : p->dport;
-		ct_create_service(p, backend_ip, backend_port, svc->rev_nat_id);
+		backend_port = lb_backend_port(be, p);
+		ct_create_service(p, backend_ip, backend_port, slot, svc->rev_nat_id);
 	}
 	nat->vip = p->daddr;
 	nat->port = p->dport;

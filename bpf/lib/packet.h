@@ -35,11 +35,23 @@
 #define MESH_IP_TTL_OFF (MESH_L3_OFF + offsetof(struct iphdr, ttl))
 
 #define MESH_IP_FRAG_OFFSET_MASK 0x1fff
+#define MESH_IP_MF               0x2000
+#define MESH_TCP_FLAGS_OFF       13 /* byte of FIN..CWR in the TCP header */
 
 /* <linux/icmp.h> drags in <linux/if.h> and libc's <sys/socket.h>, which
  * the BPF target lacks; the echo header is all we need. */
-#define MESH_ICMP_ECHOREPLY 0
-#define MESH_ICMP_ECHO      8
+#define MESH_ICMP_ECHOREPLY   0
+#define MESH_ICMP_DEST_UNREACH 3 /* includes frag-needed (code 4), for PMTU */
+#define MESH_ICMP_ECHO        8
+#define MESH_ICMP_TIME_EXCEEDED 11
+#define MESH_ICMP_PARAMETERPROB 12
+/* An ICMP error quotes the offending packet's IP header after its own 8 bytes. */
+#define MESH_ICMP_ERR_HLEN    8
+
+#define MESH_TCP_FIN 0x01
+#define MESH_TCP_SYN 0x02
+#define MESH_TCP_RST 0x04
+#define MESH_TCP_ACK 0x10
 
 struct mesh_icmp_echo {
 	__u8  type;
@@ -68,8 +80,17 @@ struct mesh_pkt {
 	__u8  direction;    /* enum mesh_direction */
 	__u8  ct_state;     /* enum mesh_ct_state */
 	__u8  path;         /* enum mesh_path */
-	__u8  pad[3];
+	__u8  tcp_flags;    /* MESH_TCP_* of a TCP packet, else 0 */
+	__u8  icmp_err;     /* ICMP error quoting a parsed packet: inner_* valid */
+	__u8  pad;
 	__u32 ifindex;      /* device the program runs on */
+	/* ICMP errors: the tuple of the quoted packet, as it was sent */
+	__u32 inner_saddr;
+	__u32 inner_daddr;
+	__u16 inner_sport;
+	__u16 inner_dport;
+	__u8  inner_proto;
+	__u8  pad2[3];
 };
 
 /* Reads the context fields the verdict needs once, up front: clang may
@@ -93,11 +114,83 @@ static __always_inline __u16 pkt_eth_proto(struct __sk_buff *skb)
 	return proto;
 }
 
-/* Fills the 5-tuple of an IPv4 packet. Returns 0 or MESH_DROP_INVALID_PACKET. */
+/* Reads the ports (or ICMP echo id) of the L4 header at l4_off into
+ * sport and dport; both stay 0 for protocols without them. Returns 0 or
+ * MESH_DROP_INVALID_PACKET. */
+static __always_inline int pkt_read_ports(struct __sk_buff *skb, __u32 l4_off, __u8 proto,
+					  __u16 *sport, __u16 *dport)
+{
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
+		/* Ports lead the SCTP common header too: for policy and
+		 * conntrack only (no NAT of SCTP). */
+		__u16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, l4_off, ports, sizeof(ports)) < 0)
+			return MESH_DROP_INVALID_PACKET;
+		*sport = ports[0];
+		*dport = ports[1];
+	} else if (proto == IPPROTO_ICMP) {
+		struct mesh_icmp_echo icmp;
+
+		if (bpf_skb_load_bytes(skb, l4_off, &icmp, sizeof(icmp)) < 0)
+			return MESH_DROP_INVALID_PACKET;
+		/* Echo request and reply share the id, so the reverse tuple of a
+		 * request is its reply's tuple. */
+		if (icmp.type == MESH_ICMP_ECHO || icmp.type == MESH_ICMP_ECHOREPLY) {
+			*sport = icmp.id;
+			*dport = icmp.id;
+		}
+	}
+	return 0;
+}
+
+/* An ICMP error (unreachable incl. frag-needed, time exceeded, parameter
+ * problem) quotes the IP header and 8 bytes of the packet it is about:
+ * record that packet's tuple so conntrack can tell whether the error
+ * belongs to a tracked connection. Unreadable quotes leave icmp_err 0. */
+static __always_inline void pkt_parse_icmp_error(struct __sk_buff *skb, struct mesh_pkt *p)
+{
+	__u32 inner_off = p->l4_off + MESH_ICMP_ERR_HLEN;
+	struct iphdr inner;
+	__u8 type;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
+		return;
+	if (type != MESH_ICMP_DEST_UNREACH && type != MESH_ICMP_TIME_EXCEEDED &&
+	    type != MESH_ICMP_PARAMETERPROB)
+		return;
+	if (bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) < 0)
+		return;
+	if (inner.version != 4 || inner.ihl < 5)
+		return;
+	p->inner_saddr = inner.saddr;
+	p->inner_daddr = inner.daddr;
+	p->inner_proto = inner.protocol;
+	p->inner_sport = 0;
+	p->inner_dport = 0;
+	if (!(inner.frag_off & bpf_htons(MESH_IP_FRAG_OFFSET_MASK)) &&
+	    pkt_read_ports(skb, inner_off + inner.ihl * 4, inner.protocol, &p->inner_sport,
+			   &p->inner_dport))
+		return;
+	p->icmp_err = 1;
+}
+
+/*
+ * Fills the 5-tuple of an IPv4 packet. Returns 0 or a drop reason
+ * (INVALID_PACKET, FRAG_NOT_FOUND).
+ *
+ * Fragments: the first one (MF set, offset 0) records its ports in
+ * mesh_frags under (saddr, daddr, IP id, proto); the later ones carry no
+ * L4 header and take the ports from there, so policy and conntrack judge
+ * them like the first. has_ports stays 0 for them (nothing to rewrite).
+ */
 static __always_inline int pkt_parse_ipv4(struct __sk_buff *skb, struct mesh_pkt *p)
 {
+	struct mesh_frag_key fkey = {};
+	struct mesh_frag_ports *fports;
 	struct iphdr ip;
 	__u32 ihl_bytes;
+	int ret;
 
 	if (bpf_skb_load_bytes(skb, MESH_L3_OFF, &ip, sizeof(ip)) < 0)
 		return MESH_DROP_INVALID_PACKET;
@@ -112,39 +205,38 @@ static __always_inline int pkt_parse_ipv4(struct __sk_buff *skb, struct mesh_pkt
 	p->sport = 0;
 	p->dport = 0;
 	p->has_ports = 0;
+	p->tcp_flags = 0;
+	p->icmp_err = 0;
 
-	/* Later fragments carry no L4 header: they are judged on L3 only. */
-	if (ip.frag_off & bpf_htons(MESH_IP_FRAG_OFFSET_MASK))
+	fkey.saddr = ip.saddr;
+	fkey.daddr = ip.daddr;
+	fkey.id = ip.id;
+	fkey.proto = ip.protocol;
+
+	if (ip.frag_off & bpf_htons(MESH_IP_FRAG_OFFSET_MASK)) {
+		fports = bpf_map_lookup_elem(&mesh_frags, &fkey);
+		if (!fports)
+			return MESH_DROP_FRAG_NOT_FOUND;
+		p->sport = fports->sport;
+		p->dport = fports->dport;
 		return 0;
+	}
 
-	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
-		__u16 ports[2];
-
-		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
-			return MESH_DROP_INVALID_PACKET;
-		p->sport = ports[0];
-		p->dport = ports[1];
+	ret = pkt_read_ports(skb, p->l4_off, ip.protocol, &p->sport, &p->dport);
+	if (ret)
+		return ret;
+	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP)
 		p->has_ports = 1;
-	} else if (ip.protocol == IPPROTO_SCTP) {
-		/* Ports lead the SCTP common header too: for policy and
-		 * conntrack only (has_ports stays 0: no NAT of SCTP). */
-		__u16 ports[2];
+	if (ip.protocol == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, p->l4_off + MESH_TCP_FLAGS_OFF, &p->tcp_flags, 1) < 0)
+		return MESH_DROP_INVALID_PACKET;
+	if (ip.protocol == IPPROTO_ICMP)
+		pkt_parse_icmp_error(skb, p);
 
-		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
-			return MESH_DROP_INVALID_PACKET;
-		p->sport = ports[0];
-		p->dport = ports[1];
-	} else if (ip.protocol == IPPROTO_ICMP) {
-		struct mesh_icmp_echo icmp;
+	if (ip.frag_off & bpf_htons(MESH_IP_MF)) {
+		struct mesh_frag_ports ports = { .sport = p->sport, .dport = p->dport };
 
-		if (bpf_skb_load_bytes(skb, p->l4_off, &icmp, sizeof(icmp)) < 0)
-			return MESH_DROP_INVALID_PACKET;
-		/* Echo request and reply share the id, so the reverse tuple of a
-		 * request is its reply's tuple. */
-		if (icmp.type == MESH_ICMP_ECHO || icmp.type == MESH_ICMP_ECHOREPLY) {
-			p->sport = icmp.id;
-			p->dport = icmp.id;
-		}
+		bpf_map_update_elem(&mesh_frags, &fkey, &ports, BPF_ANY);
 	}
 	return 0;
 }

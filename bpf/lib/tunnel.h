@@ -22,10 +22,17 @@
 
 #define MESH_TUNNEL_TTL 64
 
-static __always_inline int tunnel_should_encap(const struct mesh_config *cfg, __u32 node_ip)
+/* The peer node with this underlay address, or NULL. */
+static __always_inline const struct mesh_node_info *node_lookup(__u32 node_ip)
 {
 	struct mesh_node_key key = { .ip4 = node_ip };
-	const struct mesh_node_info *node = bpf_map_lookup_elem(&mesh_nodes, &key);
+
+	return bpf_map_lookup_elem(&mesh_nodes, &key);
+}
+
+static __always_inline int tunnel_should_encap(const struct mesh_config *cfg, __u32 node_ip)
+{
+	const struct mesh_node_info *node = node_lookup(node_ip);
 
 	if (node)
 		return !(node->flags & MESH_NODE_F_DIRECT);
@@ -59,6 +66,24 @@ static __always_inline int tunnel_read_key(struct __sk_buff *skb, __u32 *node_ip
 		return MESH_DROP_NO_TUNNEL_KEY;
 	*node_ip = bpf_htonl(key.remote_ipv4);
 	*identity = key.tunnel_id & MESH_IDENTITY_MASK;
+	return 0;
+}
+
+/*
+ * May the node at outer source `node_ip` speak for `identity`? Only known
+ * nodes send tunnel traffic, and a node speaks only for identities of its
+ * own cluster (bits 16-23) or reserved ones (< 256, no cluster bits).
+ * Returns 0 or a drop reason.
+ */
+static __always_inline int tunnel_check_sender(__u32 node_ip, __u32 identity)
+{
+	const struct mesh_node_info *node = node_lookup(node_ip);
+
+	if (!node)
+		return MESH_DROP_TUNNEL_SOURCE_UNKNOWN;
+	if (identity >= MESH_IDENTITY_RESERVED_MAX &&
+	    ((identity >> MESH_IDENTITY_CLUSTER_SHIFT) & MESH_IDENTITY_CLUSTER_MASK) != node->cluster_id)
+		return MESH_DROP_IDENTITY_MISMATCH;
 	return 0;
 }
 

@@ -27,6 +27,8 @@ export const MapNames = {
   conntrack: 'mesh_conntrack',
   flows: 'mesh_flows',
   metrics: 'mesh_metrics',
+  /** LRU: ports of fragmented datagrams, filled by their first fragment. */
+  frags: 'mesh_frags',
 } as const;
 export type MapName = (typeof MapNames)[keyof typeof MapNames];
 
@@ -45,7 +47,21 @@ export const CLUSTER_ANY = 0;
 export const IDENTITY_ANY = 0;
 export const ReservedIdentity = { unknown: 0, host: 1, world: 2, remoteNode: 6 } as const;
 export const IDENTITY_MASK = 0x00ffffff;
-export const MAX_SERVICE_BACKENDS = 256;
+/** Sanity bound on a service's backend count (slots are 32-bit); the backends map's size is the real limit. */
+export const MAX_SERVICE_BACKENDS = 1 << 24;
+/** Identities below this are reserved and carry no cluster bits. */
+export const IDENTITY_RESERVED_MAX = 256;
+/** Cluster identities are `clusterId << IDENTITY_CLUSTER_SHIFT | local`; the cluster id is 8 bits. */
+export const IDENTITY_CLUSTER_SHIFT = 16;
+export const IDENTITY_CLUSTER_MASK = 0xff;
+
+/**
+ * Conntrack lifetimes (seconds) the datapath uses where `MeshConfig` holds 0, as Cilium's: an
+ * unfinished handshake goes after a minute; an established TCP connection may idle 6 h (beyond
+ * the usual 2 h keepalive); after a FIN or RST 10 s for the last ACKs and retransmits; UDP,
+ * ICMP and other protocols idle out after 60 s.
+ */
+export const CtLifetimeDefaults = { tcpSynS: 60, tcpEstablishedS: 21600, tcpCloseS: 10, otherS: 60 } as const;
 
 export enum Verdict {
   Forwarded = 1,
@@ -70,6 +86,14 @@ export enum DropReason {
   NoTunnelKey = 14,
   BackendInvalid = 15,
   RedirectFailed = 16,
+  /** Overlay: the outer source address is no node in mesh_nodes. */
+  TunnelSourceUnknown = 17,
+  /** Overlay: the VNI's cluster bits are not the sending node's cluster. */
+  IdentityMismatch = 18,
+  /** Native packet to a pod from a source behind no direct-routed peer. */
+  NotDirectRouted = 19,
+  /** A later fragment whose first fragment was never seen. */
+  FragNotFound = 20,
 }
 
 /** Upper-snake names for drop reasons, as shown to users and in metrics. */
@@ -93,6 +117,10 @@ export const dropReasonName = (r: number): string =>
       [DropReason.NoTunnelKey]: 'NO_TUNNEL_KEY',
       [DropReason.BackendInvalid]: 'BACKEND_INVALID',
       [DropReason.RedirectFailed]: 'REDIRECT_FAILED',
+      [DropReason.TunnelSourceUnknown]: 'TUNNEL_SOURCE_UNKNOWN',
+      [DropReason.IdentityMismatch]: 'IDENTITY_MISMATCH',
+      [DropReason.NotDirectRouted]: 'NOT_DIRECT_ROUTED',
+      [DropReason.FragNotFound]: 'FRAG_NOT_FOUND',
     }) as Record<number, string>
   )[r] ?? `UNKNOWN_${r}`;
 
@@ -115,6 +143,8 @@ export enum CtState {
   New = 0,
   Established = 1,
   Reply = 2,
+  /** An ICMP error about a tracked connection (delivered past policy). */
+  Related = 3,
 }
 
 export enum RoutingMode {
@@ -130,7 +160,10 @@ export const IpcacheFlags = { node: 1 << 0, localNode: 1 << 1, encrypt: 1 << 2 }
 export const NodeFlags = { direct: 1 << 0, encrypt: 1 << 1 } as const;
 export const PolicyFlags = { deny: 1 << 0 } as const;
 export const ServiceFlags = { global: 1 << 0 } as const;
-export const CtFlags = { service: 1 << 0, seenReply: 1 << 1 } as const;
+/** `established`: TCP, the opener ACKed without SYN; `closing`: TCP, a FIN or RST passed. */
+export const CtFlags = { service: 1 << 0, seenReply: 1 << 1, established: 1 << 2, closing: 1 << 3 } as const;
+/** TCP header flag bits, as in `CtEntry.tcpFlags`. */
+export const TcpFlags = { fin: 0x01, syn: 0x02, rst: 0x04, psh: 0x08, ack: 0x10 } as const;
 /** `noFlows`: no flow events at all; `flowsNewOnly`: only new connections and drops (counters unaffected). */
 export const ConfigFlags = { noFlows: 1 << 0, flowsNewOnly: 1 << 1 } as const;
 
@@ -310,8 +343,16 @@ export interface MeshConfig {
   flags: number;
   /** ifindex of the underlay device (eth0), for native routing. */
   netdevIfindex: number;
+  /** Conntrack lifetime (s) of TCP until the opener's first bare ACK. Default 0 = CtLifetimeDefaults.tcpSynS. */
+  ctTcpSynS?: number;
+  /** Conntrack lifetime (s) of established TCP. Default 0 = CtLifetimeDefaults.tcpEstablishedS. */
+  ctTcpEstablishedS?: number;
+  /** Conntrack lifetime (s) of TCP after a FIN or RST. Default 0 = CtLifetimeDefaults.tcpCloseS. */
+  ctTcpCloseS?: number;
+  /** Conntrack lifetime (s) of UDP, ICMP and the rest. Default 0 = CtLifetimeDefaults.otherS. */
+  ctOtherS?: number;
 }
-export const configCodec = defineStruct<MeshConfig>('mesh_config', 24, [
+const configRaw = defineStruct<Required<MeshConfig>>('mesh_config', 40, [
   ['nodeIp', 'node_ip', 0, 'ipv4'],
   ['nodeId', 'node_id', 4, 'u32'],
   ['vxlanIfindex', 'vxlan_ifindex', 8, 'u32'],
@@ -319,7 +360,25 @@ export const configCodec = defineStruct<MeshConfig>('mesh_config', 24, [
   ['routingMode', 'routing_mode', 14, 'u8'],
   ['flags', 'flags', 15, 'u8'],
   ['netdevIfindex', 'netdev_ifindex', 16, 'u32'],
+  ['ctTcpSynS', 'ct_tcp_syn_s', 20, 'u32'],
+  ['ctTcpEstablishedS', 'ct_tcp_established_s', 24, 'u32'],
+  ['ctTcpCloseS', 'ct_tcp_close_s', 28, 'u32'],
+  ['ctOtherS', 'ct_other_s', 32, 'u32'],
 ]);
+const withLifetimes = (c: MeshConfig): Required<MeshConfig> => ({
+  ctTcpSynS: 0,
+  ctTcpEstablishedS: 0,
+  ctTcpCloseS: 0,
+  ctOtherS: 0,
+  ...c,
+});
+/** `struct mesh_config`; the conntrack lifetimes may be left out (written as 0 = default). */
+export const configCodec: StructCodec<MeshConfig> = {
+  layout: configRaw.layout,
+  encode: (c) => configRaw.encode(withLifetimes(c)),
+  decode: (buf, offset) => configRaw.decode(buf, offset),
+  toHexArgs: (c) => configRaw.toHexArgs(withLifetimes(c)),
+};
 
 export interface EndpointKey {
   ip: string;
@@ -496,26 +555,26 @@ export const serviceKeyCodec = defineStruct<ServiceKey>('mesh_service_key', 8, [
 ]);
 
 export interface ServiceInfo {
-  /** Backends live in slots 1..count of mesh_backends. */
+  /** Backends live in slots 1..count of mesh_backends (u32). */
   count: number;
   /** Also the service id keying mesh_backends; 1..65535. */
   revNatId: number;
   flags: number;
 }
 export const serviceInfoCodec = defineStruct<ServiceInfo>('mesh_service_info', 8, [
-  ['count', 'count', 0, 'u16'],
-  ['revNatId', 'rev_nat_id', 2, 'u16'],
-  ['flags', 'flags', 4, 'u8'],
+  ['count', 'count', 0, 'u32'],
+  ['revNatId', 'rev_nat_id', 4, 'u16'],
+  ['flags', 'flags', 6, 'u8'],
 ]);
 
 export interface BackendKey {
   revNatId: number;
-  /** 1-based. */
+  /** 1-based, u32. */
   slot: number;
 }
-export const backendKeyCodec = defineStruct<BackendKey>('mesh_backend_key', 4, [
+export const backendKeyCodec = defineStruct<BackendKey>('mesh_backend_key', 8, [
   ['revNatId', 'rev_nat_id', 0, 'u16'],
-  ['slot', 'slot', 2, 'u16'],
+  ['slot', 'slot', 4, 'u32'],
 ]);
 
 export interface BackendInfo {
@@ -565,8 +624,11 @@ export const ctKeyCodec = defineStruct<CtKey>('mesh_ct_key', 16, [
 ]);
 
 export interface CtEntry {
+  /** bpf_ktime_get_ns() (CLOCK_MONOTONIC, as process.hrtime.bigint()). */
   createdNs: bigint;
   lastSeenNs: bigint;
+  /** The entry is dead (treated as missing) from this time on. */
+  expiresNs: bigint;
   packets: bigint;
   bytes: bigint;
   /** SERVICE entries: the chosen backend. EGRESS entries of a translated connection: the VIP addressed. */
@@ -574,19 +636,51 @@ export interface CtEntry {
   natPort: number;
   revNatId: number;
   srcIdentity: number;
+  /** SERVICE entries: the mesh_backends slot chosen (the backend is revalidated against it). */
+  backendSlot: number;
   /** CtFlags. */
   flags: number;
+  /** TcpFlags seen so far, either direction. */
+  tcpFlags: number;
 }
-export const ctEntryCodec = defineStruct<CtEntry>('mesh_ct_entry', 48, [
+export const ctEntryCodec = defineStruct<CtEntry>('mesh_ct_entry', 64, [
   ['createdNs', 'created_ns', 0, 'u64'],
   ['lastSeenNs', 'last_seen_ns', 8, 'u64'],
-  ['packets', 'packets', 16, 'u64'],
-  ['bytes', 'bytes', 24, 'u64'],
-  ['natIp', 'nat_ip', 32, 'ipv4'],
-  ['natPort', 'nat_port', 36, 'port'],
-  ['revNatId', 'rev_nat_id', 38, 'u16'],
-  ['srcIdentity', 'src_identity', 40, 'u32'],
-  ['flags', 'flags', 44, 'u8'],
+  ['expiresNs', 'expires_ns', 16, 'u64'],
+  ['packets', 'packets', 24, 'u64'],
+  ['bytes', 'bytes', 32, 'u64'],
+  ['natIp', 'nat_ip', 40, 'ipv4'],
+  ['natPort', 'nat_port', 44, 'port'],
+  ['revNatId', 'rev_nat_id', 46, 'u16'],
+  ['srcIdentity', 'src_identity', 48, 'u32'],
+  ['backendSlot', 'backend_slot', 52, 'u32'],
+  ['flags', 'flags', 56, 'u8'],
+  ['tcpFlags', 'tcp_flags', 57, 'u8'],
+]);
+
+/** Key of `mesh_frags`: one fragmented datagram. */
+export interface FragKey {
+  saddr: string;
+  daddr: string;
+  /** IPv4 identification field. */
+  id: number;
+  proto: number;
+}
+export const fragKeyCodec = defineStruct<FragKey>('mesh_frag_key', 12, [
+  ['saddr', 'saddr', 0, 'ipv4'],
+  ['daddr', 'daddr', 4, 'ipv4'],
+  ['id', 'id', 8, 'port'],
+  ['proto', 'proto', 10, 'u8'],
+]);
+
+/** Value of `mesh_frags`: the ports its first fragment carried. */
+export interface FragPorts {
+  sport: number;
+  dport: number;
+}
+export const fragPortsCodec = defineStruct<FragPorts>('mesh_frag_ports', 4, [
+  ['sport', 'sport', 0, 'port'],
+  ['dport', 'dport', 2, 'port'],
 ]);
 
 /** One record of the `mesh_flows` ring buffer. */
@@ -685,6 +779,8 @@ export const structCodecs = {
   mesh_revnat_info: revNatInfoCodec,
   mesh_ct_key: ctKeyCodec,
   mesh_ct_entry: ctEntryCodec,
+  mesh_frag_key: fragKeyCodec,
+  mesh_frag_ports: fragPortsCodec,
   mesh_flow_event: flowEventCodec,
   mesh_metrics_key: metricsKeyCodec,
   mesh_metrics_value: metricsValueCodec,
@@ -702,4 +798,5 @@ export const mapCodecs = {
   [MapNames.revnat]: { key: revNatKeyCodec, value: revNatInfoCodec },
   [MapNames.conntrack]: { key: ctKeyCodec, value: ctEntryCodec },
   [MapNames.metrics]: { key: metricsKeyCodec, value: metricsValueCodec },
+  [MapNames.frags]: { key: fragKeyCodec, value: fragPortsCodec },
 } as const;

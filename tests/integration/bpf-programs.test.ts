@@ -279,7 +279,9 @@ interface Node {
   pods: Pod[];
 }
 
-const ID = { a: 0x010101, b: 0x010102, c: 0x020103, other: 0x010199 };
+// Identities carry their cluster (1) in bits 16-23: the overlay only takes a VNI of the
+// sending node's cluster.
+const ID = { a: 0x010101, b: 0x010102, c: 0x010103, other: 0x010199 };
 const n1: Node = { ns: `${run}-n1`, ip: '10.99.0.1', pin: join(pinBase, 'n1'), podCidr: '10.200.1.0', pods: [] };
 const n2: Node = { ns: `${run}-n2`, ip: '10.99.0.2', pin: join(pinBase, 'n2'), podCidr: '10.200.2.0', pods: [] };
 const GATEWAY = '169.254.1.1';

@@ -45,7 +45,9 @@ int main(void)
 	S(mesh_config);
 	F(mesh_config, node_ip); F(mesh_config, node_id); F(mesh_config, vxlan_ifindex);
 	F(mesh_config, cluster_id); F(mesh_config, routing_mode); F(mesh_config, flags);
-	F(mesh_config, netdev_ifindex); F(mesh_config, pad);
+	F(mesh_config, netdev_ifindex); F(mesh_config, ct_tcp_syn_s);
+	F(mesh_config, ct_tcp_established_s); F(mesh_config, ct_tcp_close_s); F(mesh_config, ct_other_s);
+	F(mesh_config, pad);
 	struct_end();
 
 	S(mesh_endpoint_key);
@@ -97,7 +99,7 @@ int main(void)
 	struct_end();
 
 	S(mesh_backend_key);
-	F(mesh_backend_key, rev_nat_id); F(mesh_backend_key, slot);
+	F(mesh_backend_key, rev_nat_id); F(mesh_backend_key, pad); F(mesh_backend_key, slot);
 	struct_end();
 
 	S(mesh_backend_info);
@@ -119,10 +121,20 @@ int main(void)
 	struct_end();
 
 	S(mesh_ct_entry);
-	F(mesh_ct_entry, created_ns); F(mesh_ct_entry, last_seen_ns); F(mesh_ct_entry, packets);
-	F(mesh_ct_entry, bytes); F(mesh_ct_entry, nat_ip); F(mesh_ct_entry, nat_port);
-	F(mesh_ct_entry, rev_nat_id); F(mesh_ct_entry, src_identity); F(mesh_ct_entry, flags);
+	F(mesh_ct_entry, created_ns); F(mesh_ct_entry, last_seen_ns); F(mesh_ct_entry, expires_ns);
+	F(mesh_ct_entry, packets); F(mesh_ct_entry, bytes); F(mesh_ct_entry, nat_ip);
+	F(mesh_ct_entry, nat_port); F(mesh_ct_entry, rev_nat_id); F(mesh_ct_entry, src_identity);
+	F(mesh_ct_entry, backend_slot); F(mesh_ct_entry, flags); F(mesh_ct_entry, tcp_flags);
 	F(mesh_ct_entry, pad);
+	struct_end();
+
+	S(mesh_frag_key);
+	F(mesh_frag_key, saddr); F(mesh_frag_key, daddr); F(mesh_frag_key, id); F(mesh_frag_key, proto);
+	F(mesh_frag_key, pad);
+	struct_end();
+
+	S(mesh_frag_ports);
+	F(mesh_frag_ports, sport); F(mesh_frag_ports, dport);
 	struct_end();
 
 	S(mesh_flow_event);
@@ -145,23 +157,28 @@ int main(void)
 	printf("\n  },\n  \"constants\": {");
 	C(MESH_CLUSTER_ANY); C(MESH_IDENTITY_ANY); C(MESH_IDENTITY_HOST); C(MESH_IDENTITY_WORLD);
 	C(MESH_IDENTITY_REMOTE_NODE); C(MESH_IDENTITY_MASK); C(MESH_MAX_SERVICE_BACKENDS);
+	C(MESH_IDENTITY_RESERVED_MAX); C(MESH_IDENTITY_CLUSTER_SHIFT); C(MESH_IDENTITY_CLUSTER_MASK);
+	C(MESH_CT_LIFETIME_TCP_SYN_S); C(MESH_CT_LIFETIME_TCP_ESTABLISHED_S);
+	C(MESH_CT_LIFETIME_TCP_CLOSE_S); C(MESH_CT_LIFETIME_OTHER_S);
 	C(MESH_VERDICT_FORWARDED); C(MESH_VERDICT_DROPPED);
 	C(MESH_DROP_NONE); C(MESH_DROP_POLICY_DENIED); C(MESH_DROP_POLICY_DENY_RULE);
 	C(MESH_DROP_NO_BACKEND); C(MESH_DROP_CT_INVALID); C(MESH_DROP_UNKNOWN_DEST);
 	C(MESH_DROP_INVALID_PACKET); C(MESH_DROP_SOURCE_SPOOFED); C(MESH_DROP_UNKNOWN_SOURCE);
 	C(MESH_DROP_FIB_FAILED); C(MESH_DROP_NO_TUNNEL_ENDPOINT); C(MESH_DROP_NO_CONFIG);
 	C(MESH_DROP_WRITE_FAILED); C(MESH_DROP_TTL_EXCEEDED); C(MESH_DROP_NO_TUNNEL_KEY);
-	C(MESH_DROP_BACKEND_INVALID); C(MESH_DROP_REDIRECT_FAILED); C(MESH_DROP_REASON_MAX);
+	C(MESH_DROP_BACKEND_INVALID); C(MESH_DROP_REDIRECT_FAILED); C(MESH_DROP_TUNNEL_SOURCE_UNKNOWN);
+	C(MESH_DROP_IDENTITY_MISMATCH); C(MESH_DROP_NOT_DIRECT_ROUTED); C(MESH_DROP_FRAG_NOT_FOUND);
+	C(MESH_DROP_REASON_MAX);
 	C(MESH_DIR_INGRESS); C(MESH_DIR_EGRESS); C(MESH_DIR_SERVICE);
 	C(MESH_PATH_NONE); C(MESH_PATH_LOCAL); C(MESH_PATH_TUNNEL); C(MESH_PATH_NATIVE); C(MESH_PATH_STACK);
-	C(MESH_CT_NEW); C(MESH_CT_ESTABLISHED); C(MESH_CT_REPLY);
+	C(MESH_CT_NEW); C(MESH_CT_ESTABLISHED); C(MESH_CT_REPLY); C(MESH_CT_RELATED);
 	C(MESH_ROUTING_TUNNEL); C(MESH_ROUTING_NATIVE); C(MESH_ROUTING_HYBRID);
 	C(MESH_EP_F_POLICY_INGRESS); C(MESH_EP_F_POLICY_EGRESS);
 	C(MESH_IPCACHE_F_NODE); C(MESH_IPCACHE_F_LOCAL_NODE); C(MESH_IPCACHE_F_ENCRYPT);
 	C(MESH_NODE_F_DIRECT); C(MESH_NODE_F_ENCRYPT);
 	C(MESH_POLICY_F_DENY); C(MESH_SVC_F_GLOBAL);
 	C(MESH_POLICY_PREFIX_L3); C(MESH_POLICY_PREFIX_PROTO); C(MESH_POLICY_PREFIX_FULL);
-	C(MESH_CT_F_SERVICE); C(MESH_CT_F_SEEN_REPLY); C(MESH_CFG_F_NO_FLOWS); C(MESH_CFG_F_FLOWS_NEW_ONLY);
+	C(MESH_CT_F_SERVICE); C(MESH_CT_F_SEEN_REPLY); C(MESH_CT_F_ESTABLISHED); C(MESH_CT_F_CLOSING); C(MESH_CFG_F_NO_FLOWS); C(MESH_CFG_F_FLOWS_NEW_ONLY);
 	printf("\n  }\n}\n");
 	return 0;
 }

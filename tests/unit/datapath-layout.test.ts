@@ -31,6 +31,10 @@ import {
   POLICY_PREFIX_L3,
   POLICY_PREFIX_PROTO,
   POLICY_PREFIX_FULL,
+  IDENTITY_RESERVED_MAX,
+  IDENTITY_CLUSTER_SHIFT,
+  IDENTITY_CLUSTER_MASK,
+  CtLifetimeDefaults,
   ReservedIdentity,
   sumPerCpuMetrics,
   dropReasonName,
@@ -93,6 +97,13 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_IDENTITY_REMOTE_NODE', ReservedIdentity.remoteNode],
     ['MESH_IDENTITY_MASK', IDENTITY_MASK],
     ['MESH_MAX_SERVICE_BACKENDS', MAX_SERVICE_BACKENDS],
+    ['MESH_IDENTITY_RESERVED_MAX', IDENTITY_RESERVED_MAX],
+    ['MESH_IDENTITY_CLUSTER_SHIFT', IDENTITY_CLUSTER_SHIFT],
+    ['MESH_IDENTITY_CLUSTER_MASK', IDENTITY_CLUSTER_MASK],
+    ['MESH_CT_LIFETIME_TCP_SYN_S', CtLifetimeDefaults.tcpSynS],
+    ['MESH_CT_LIFETIME_TCP_ESTABLISHED_S', CtLifetimeDefaults.tcpEstablishedS],
+    ['MESH_CT_LIFETIME_TCP_CLOSE_S', CtLifetimeDefaults.tcpCloseS],
+    ['MESH_CT_LIFETIME_OTHER_S', CtLifetimeDefaults.otherS],
     ['MESH_VERDICT_FORWARDED', Verdict.Forwarded],
     ['MESH_VERDICT_DROPPED', Verdict.Dropped],
     ['MESH_DROP_NONE', DropReason.None],
@@ -112,6 +123,10 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_DROP_NO_TUNNEL_KEY', DropReason.NoTunnelKey],
     ['MESH_DROP_BACKEND_INVALID', DropReason.BackendInvalid],
     ['MESH_DROP_REDIRECT_FAILED', DropReason.RedirectFailed],
+    ['MESH_DROP_TUNNEL_SOURCE_UNKNOWN', DropReason.TunnelSourceUnknown],
+    ['MESH_DROP_IDENTITY_MISMATCH', DropReason.IdentityMismatch],
+    ['MESH_DROP_NOT_DIRECT_ROUTED', DropReason.NotDirectRouted],
+    ['MESH_DROP_FRAG_NOT_FOUND', DropReason.FragNotFound],
     ['MESH_DIR_INGRESS', Direction.Ingress],
     ['MESH_DIR_EGRESS', Direction.Egress],
     ['MESH_DIR_SERVICE', Direction.Service],
@@ -123,6 +138,7 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_CT_NEW', CtState.New],
     ['MESH_CT_ESTABLISHED', CtState.Established],
     ['MESH_CT_REPLY', CtState.Reply],
+    ['MESH_CT_RELATED', CtState.Related],
     ['MESH_ROUTING_TUNNEL', RoutingMode.Tunnel],
     ['MESH_ROUTING_NATIVE', RoutingMode.Native],
     ['MESH_ROUTING_HYBRID', RoutingMode.Hybrid],
@@ -140,6 +156,8 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_SVC_F_GLOBAL', ServiceFlags.global],
     ['MESH_CT_F_SERVICE', CtFlags.service],
     ['MESH_CT_F_SEEN_REPLY', CtFlags.seenReply],
+    ['MESH_CT_F_ESTABLISHED', CtFlags.established],
+    ['MESH_CT_F_CLOSING', CtFlags.closing],
     ['MESH_CFG_F_NO_FLOWS', ConfigFlags.noFlows],
     ['MESH_CFG_F_FLOWS_NEW_ONLY', ConfigFlags.flowsNewOnly],
   ];
@@ -173,6 +191,10 @@ const samples: Record<keyof typeof structCodecs, unknown> = {
     routingMode: RoutingMode.Hybrid,
     flags: ConfigFlags.noFlows,
     netdevIfindex: 2,
+    ctTcpSynS: 30,
+    ctTcpEstablishedS: 3600,
+    ctTcpCloseS: 5,
+    ctOtherS: 45,
   },
   mesh_endpoint_key: { ip: '10.1.2.3', clusterId: 5 },
   mesh_endpoint_info: {
@@ -190,8 +212,8 @@ const samples: Record<keyof typeof structCodecs, unknown> = {
   mesh_policy_key: { endpointId: 1234, direction: Direction.Ingress, proto: 6, identity: 0x010002, dport: 8080, portPrefixLen: 16 },
   mesh_policy_entry: { flags: PolicyFlags.deny, packets: 5n, bytes: 1n << 40n },
   mesh_service_key: { vip: '10.96.0.10', dport: 53, proto: 17 },
-  mesh_service_info: { count: 3, revNatId: 42, flags: ServiceFlags.global },
-  mesh_backend_key: { revNatId: 42, slot: 2 },
+  mesh_service_info: { count: 70_000, revNatId: 42, flags: ServiceFlags.global },
+  mesh_backend_key: { revNatId: 42, slot: 69_999 },
   mesh_backend_info: { ip: '10.1.0.9', port: 5353, proto: 17, flags: 1, clusterId: 1 },
   mesh_revnat_key: { revNatId: 42 },
   mesh_revnat_info: { vip: '10.96.0.10', port: 53 },
@@ -199,14 +221,19 @@ const samples: Record<keyof typeof structCodecs, unknown> = {
   mesh_ct_entry: {
     createdNs: 123456789n,
     lastSeenNs: 987654321n,
+    expiresNs: 10_987654321n,
     packets: 10n,
     bytes: 1500n,
     natIp: '10.1.0.9',
     natPort: 8080,
     revNatId: 42,
     srcIdentity: 0x010005,
-    flags: CtFlags.service | CtFlags.seenReply,
+    backendSlot: 65_537,
+    flags: CtFlags.service | CtFlags.seenReply | CtFlags.established,
+    tcpFlags: 0x12,
   },
+  mesh_frag_key: { saddr: '10.1.0.5', daddr: '10.2.0.6', id: 0xbeef, proto: 17 },
+  mesh_frag_ports: { sport: 40000, dport: 5353 },
   mesh_flow_event: {
     tsNs: 0xfedcba9876543210n,
     saddr: '10.1.0.5',
@@ -296,6 +323,22 @@ describe('byte order', () => {
     expect(() => structCodecs.mesh_ipcache_key.encode({ prefixLen: 33, clusterId: 0, ip: '10.1.0.0' })).toThrow(
       'mesh_ipcache_key.prefixLen: 33 is not 0..32',
     );
+  });
+});
+
+describe('mesh_config', () => {
+  test('conntrack lifetimes left out are written as 0 (the datapath default)', () => {
+    const bytes = structCodecs.mesh_config.encode({
+      nodeIp: '10.0.0.1',
+      nodeId: 1,
+      vxlanIfindex: 3,
+      clusterId: 1,
+      routingMode: RoutingMode.Tunnel,
+      flags: 0,
+      netdevIfindex: 2,
+    });
+    expect(bytes.subarray(20).equals(Buffer.alloc(20))).toBe(true);
+    expect(structCodecs.mesh_config.decode(bytes)).toMatchObject({ ctTcpSynS: 0, ctTcpEstablishedS: 0, ctTcpCloseS: 0, ctOtherS: 0 });
   });
 });
 
