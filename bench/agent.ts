@@ -115,7 +115,7 @@ async function worker(store: string, size: number, rounds: number, changes: numb
   const client = new EtcdClusterClient({ endpoints: [store] });
   const dp = await Datapath.open({ pinDir: PIN_DIR, nodeIp: NODE_IP, nodeId: 1, clusterId: CLUSTER_ID, routing: 'tunnel' });
   const ipcache = dp.rawMap(MapNames.ipcache);
-  const identities = new EtcdIdentityAllocator(client, { clusterId: CLUSTER_ID, log: () => undefined });
+  const identities = new EtcdIdentityAllocator(client, { clusterId: CLUSTER_ID, holder: NODE });
   const manager = new ControllerManager({
     self: { cluster: CLUSTER, clusterId: CLUSTER_ID, node: NODE, nodeIp: NODE_IP, podCidr: '10.42.0.0/24', vpc: 'a', routing: 'tunnel' },
     client,

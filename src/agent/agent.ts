@@ -102,7 +102,7 @@ export class Agent {
       }
     }
     if (this.stopped || !this.dp) return;
-    this.identities = new EtcdIdentityAllocator(this.client, { clusterId: o.clusterId, log: this.log });
+    this.identities = new EtcdIdentityAllocator(this.client, { clusterId: o.clusterId, holder: o.node, onError: (err) => this.noteError(`identities: ${errorMessage(err)}`) });
     while (!this.stopped) {
       const manager = new ControllerManager({
         self: { cluster: o.cluster, clusterId: o.clusterId, node: o.node, nodeIp: o.nodeIp, podCidr: o.podCidr, vpc: o.vpc, routing: o.routing as 'tunnel' | 'native' | 'hybrid' },

@@ -15,6 +15,9 @@ import type { IdentityAllocator } from '../cluster/identity.js';
 import { InformerFactory, indexers, type Informer } from '../cluster/informer.js';
 import type { KubeObject } from '../cluster/types.js';
 import type { Datapath } from '../datapath/datapath.js';
+import { MapNames } from '../datapath/codecs.js';
+import { flushConntrack, gcConntrack } from '../datapath/conntrack.js';
+import { parseNamespace, parseNode, parsePod, parseService } from '../cluster/schemas.js';
 import { errorMessage } from '../util/errors.js';
 import { compactMeshEndpoint, compactPod } from './compact.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
@@ -100,11 +103,18 @@ export class ControllerManager {
     this.factory = new InformerFactory(o.client);
     const f = this.factory;
     const byIdentityLabels = (p: KubeObject): string[] => [labelsHash(podIdentityLabels(p, cluster))];
+    // One validation (the schemas lab apply uses), then only the fields the controllers read.
+    const typed =
+      (parse: (o: KubeObject) => unknown, compact: (o: KubeObject) => KubeObject = (x) => x) =>
+      (o: KubeObject): KubeObject | Error => {
+        const v = parse(o);
+        return v instanceof Error ? v : compact(v as KubeObject);
+      };
     this.informers = {
-      pods: f.informer('pods', { parse: compactPod, indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
-      nodes: f.informer('nodes'),
-      services: f.informer('services', { indexers: { [Index.servicesByNamespace]: indexers.byNamespace } }),
-      namespaces: f.informer('namespaces'),
+      pods: f.informer('pods', { parse: typed(parsePod, compactPod), indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
+      nodes: f.informer('nodes', { parse: typed(parseNode) }),
+      services: f.informer('services', { parse: typed(parseService), indexers: { [Index.servicesByNamespace]: indexers.byNamespace } }),
+      namespaces: f.informer('namespaces', { parse: typed(parseNamespace) }),
       networkPolicies: f.informer('networkpolicies'),
       meshNetworkPolicies: f.informer('meshnetworkpolicies'),
       identities: f.informer('meshidentities', { indexers: { [Index.identitiesByLabels]: (i: KubeObject) => [String((i.spec as { labelsHash?: string })?.labelsHash ?? '')] } }),
@@ -127,7 +137,7 @@ export class ControllerManager {
       onIdentityChange: (ip) => this.ipcache.requeue(ip),
       flushConntrack: (ip) => {
         try {
-          o.dp.flushConntrack(ip);
+          flushConntrack(o.dp.rawMap(MapNames.conntrack), ip);
         } catch (err) {
           o.log(`conntrack flush ${ip}: ${errorMessage(err)}`);
         }
@@ -156,6 +166,8 @@ export class ControllerManager {
     // first write, so a restarted agent writes its final state once.
     await this.settle();
     this.flushEnabled = true;
+    // Everything the pinned maps held that this round did not state again is stale now.
+    this.o.dp.pruneAdopted();
     await this.flushNow();
     this.stats.initialWrites = { ...this.stats.writes };
     this.stats.removedStaleRoutes = await this.nodes.removeLeftoverRoutes();
@@ -165,7 +177,7 @@ export class ControllerManager {
     this.timers.push(
       setInterval(() => {
         try {
-          this.o.dp.gcConntrack();
+          gcConntrack(this.o.dp.rawMap(MapNames.conntrack));
         } catch (err) {
           this.note(`conntrack gc: ${errorMessage(err)}`);
         }

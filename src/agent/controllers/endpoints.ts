@@ -5,6 +5,7 @@
  * same reconcile, and the datapath writes rules first, so a new pod under a policy is never briefly
  * denied. A pod that goes has its entries, conntrack state and identity reference dropped.
  */
+import type { Pod } from '../../cluster/schemas.js';
 import type { KubeObject } from '../../cluster/types.js';
 import { ifindexOf } from '../../datapath/addon.js';
 import { Direction, EndpointFlags } from '../../datapath/codecs.js';
@@ -72,13 +73,15 @@ export class EndpointsController implements Controller {
   private async reconcile(key: string): Promise<void> {
     const { dp, self, informers, policy } = this.d;
     const pod = informers.pods.get(key);
-    const ep = pod && podNode(pod) === self.node ? this.d.endpointSource.endpointOf(pod) : null;
+    const ep = pod && podNode(pod) === self.node ? this.d.endpointSource.endpointOf(pod as unknown as Pod) : null;
     const had = this.programmed.get(key);
     if (!pod || !ep || (had && had.ip !== ep.ip)) {
       if (had) await this.remove(key, had);
       if (!pod || !ep) return;
     }
     const labels = podIdentityLabels(pod, self.cluster);
+    const bad = identityLabelProblem(labels);
+    if (bad) throw new Error(`pod ${key}: no identity can be allocated: ${bad}`);
     const identity = await this.d.identities.allocate(labels);
     const ipNum = parseCidr(`${ep.ip}/32`)!.network;
     const endpointId = ipNum - this.slice.network;
@@ -168,3 +171,22 @@ export class EndpointsController implements Controller {
   }
 }
 
+
+const LABEL_NAME = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$/;
+const LABEL_PREFIX = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+
+/**
+ * What makes a label set unusable as identity labels (Kubernetes label syntax: an optional DNS
+ * prefix, a name of at most 63 characters, a value of at most 63), or null. Objects written
+ * straight into the store never met the API's checks, so the agent makes them here.
+ */
+export function identityLabelProblem(labels: Record<string, string>): string | null {
+  for (const [k, v] of Object.entries(labels)) {
+    const slash = k.lastIndexOf('/');
+    const prefix = slash >= 0 ? k.slice(0, slash) : '';
+    const name = slash >= 0 ? k.slice(slash + 1) : k;
+    if ((slash >= 0 && !LABEL_PREFIX.test(prefix)) || !LABEL_NAME.test(name)) return `label key "${k}" is not a valid label key`;
+    if (v !== '' && !LABEL_NAME.test(v)) return `label ${k}: value "${v.length > 20 ? `${v.slice(0, 20)}…` : v}" is not a valid label value (at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)`;
+  }
+  return null;
+}
