@@ -110,13 +110,25 @@ export async function eachLimit<T>(items: readonly T[], limit: number, fn: (item
   if (failure !== null) throw failure;
 }
 
-/** Build the pods' namespaces and links into their nodes. */
-export async function plumbPods(pods: readonly NodePod[]): Promise<void> {
+/** Called with the time each phase of a bulk operation took. */
+export type PhaseTimer = (phase: string, ms: number) => void;
+
+async function timed<T>(onPhase: PhaseTimer | undefined, phase: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  try {
+    return await fn();
+  } finally {
+    onPhase?.(phase, performance.now() - t0);
+  }
+}
+
+/** Build the pods' namespaces and links into their nodes. Phases: netns, links, pod-config. */
+export async function plumbPods(pods: readonly NodePod[], onPhase?: PhaseTimer): Promise<void> {
   if (pods.length === 0) return;
-  await addNetnsMany(pods.map((x) => x.plumbing.netns));
+  await timed(onPhase, 'netns', () => addNetnsMany(pods.map((x) => x.plumbing.netns)));
   const byNode = new Map<string, NodePod[]>();
   for (const x of pods) byNode.set(x.node.netns, [...(byNode.get(x.node.netns) ?? []), x]);
-  await Promise.all(
+  await timed(onPhase, 'links', () => Promise.all(
     [...byNode.entries()].map(([nodeNetns, list]) =>
       ipBatch(
         list.flatMap(({ plumbing: p }) => [
@@ -127,8 +139,8 @@ export async function plumbPods(pods: readonly NodePod[]): Promise<void> {
         nodeNetns,
       ),
     ),
-  );
-  await eachLimit(pods, POD_CONCURRENCY, ({ node, plumbing: p }) =>
+  ));
+  await timed(onPhase, 'pod-config', () => eachLimit(pods, POD_CONCURRENCY, ({ node, plumbing: p }) =>
     ipBatch(
       [
         'link set lo up',
@@ -139,7 +151,7 @@ export async function plumbPods(pods: readonly NodePod[]): Promise<void> {
       ],
       p.netns,
     ),
-  );
+  ));
 }
 
 /** Build one pod's namespace and link into its node. */
@@ -187,6 +199,8 @@ export function workloadProcSpec(paths: LabPaths, c: ClusterState, w: WorkloadRe
     argv: [ECHO_BIN, c.name, w.node.name, w.namespace, w.pod, w.plumbing.ip, '--ready-file', workloadReadyFile(paths, c.name, w.namespace, w.pod)],
   };
 }
+
+export { timed };
 
 /** Start the pods' workloads under the supervisor and wait until every one listens. */
 export async function startWorkloads(paths: LabPaths, c: ClusterState, pods: readonly WorkloadRef[], timeoutMs = WORKLOAD_READY_TIMEOUT_MS): Promise<void> {

@@ -19,13 +19,17 @@ import {
   podNetns,
   startWorkloads,
   stopWorkload,
+  timed,
   unplumbPods,
+  type PhaseTimer,
   type PodPlumbing,
 } from './pods.js';
 import { withLabLock, type ClusterState, type LabPaths, type LabState, type NodeState } from './state.js';
 
 export interface ApplyResult {
   readonly lines: string[];
+  /** Milliseconds per phase of building pods (plan, netns, links, pod-config, workloads, store), when pods were made. */
+  readonly timings: Record<string, number>;
 }
 
 interface Ctx {
@@ -41,6 +45,7 @@ interface Ctx {
   podCounts: Map<string, number> | null;
   /** Pods planned by this apply, built together by realizePods. */
   readonly planned: PodPlan[];
+  readonly timings: Record<string, number>;
 }
 
 /** A pod this apply will create: node and address chosen, object ready to write. */
@@ -76,7 +81,7 @@ async function withCluster<T>(paths: LabPaths, context: string | undefined, fn: 
   const store = new EtcdClusterClient({ endpoints: [cluster.store.endpoint] });
   try {
     await store.waitReady(10_000);
-    return await fn({ paths, lab, c: cluster, store, undo: [], lines: [], ips: new PodIpAllocator(store), podCounts: null, planned: [] });
+    return await fn({ paths, lab, c: cluster, store, undo: [], lines: [], ips: new PodIpAllocator(store), podCounts: null, planned: [], timings: {} });
   } finally {
     await store.close();
   }
@@ -108,9 +113,13 @@ export async function applyFile(paths: LabPaths, context: string | undefined, fi
         for (const u of ctx.undo.reverse()) await u().catch(() => undefined);
         throw err;
       }
-      return { lines: ctx.lines };
+      return { lines: ctx.lines, timings: ctx.timings };
     }),
   );
+}
+
+function addTiming(ctx: Ctx): PhaseTimer {
+  return (phase, ms) => void (ctx.timings[phase] = (ctx.timings[phase] ?? 0) + Math.round(ms));
 }
 
 function stamp(obj: KubeObject): KubeObject {
@@ -231,8 +240,10 @@ async function pickNode(ctx: Ctx, wanted?: string): Promise<NodeState> {
 async function planPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Promise<void> {
   const ns = manifest.metadata.namespace ?? 'default';
   const name = manifest.metadata.name;
-  const node = await pickNode(ctx, nodeName);
-  const podIp = await ctx.ips.allocate(node, `${ns}/${name}`);
+  const { node, podIp } = await timed(addTiming(ctx), 'plan', async () => {
+    const n = await pickNode(ctx, nodeName);
+    return { node: n, podIp: await ctx.ips.allocate(n, `${ns}/${name}`) };
+  });
   ctx.undo.push(() => ctx.ips.release(podIp));
   const plumbing: PodPlumbing = { netns: podNetns(ctx.lab, ctx.c.name, ns, name), lxc: podLxcName(ctx.c.name, ns, name), ip: podIp };
   const base = stamp(manifest);
@@ -257,10 +268,11 @@ async function realizePods(ctx: Ctx): Promise<void> {
     for (const p of plans) stopWorkload(ctx.paths, ctx.c.name, ref(p).namespace, ref(p).pod);
     await unplumbPods(plans);
   });
-  await plumbPods(plans);
-  await startWorkloads(ctx.paths, ctx.c, plans.map(ref));
+  const onPhase = addTiming(ctx);
+  await plumbPods(plans, onPhase);
+  await timed(onPhase, 'workloads', () => startWorkloads(ctx.paths, ctx.c, plans.map(ref)));
   const startTime = new Date().toISOString();
-  await eachLimit(plans, POD_CONCURRENCY * 2, async (p) => {
+  await timed(onPhase, 'store', () => eachLimit(plans, POD_CONCURRENCY * 2, async (p) => {
     const running = { ...p.pod, status: { ...(p.pod.status as object), phase: 'Running', startTime } };
     try {
       await ctx.store.create('pods', running);
@@ -269,7 +281,7 @@ async function realizePods(ctx: Ctx): Promise<void> {
       throw err;
     }
     ctx.undo.push(async () => void (await ctx.store.delete('pods', ref(p).namespace, ref(p).pod)));
-  });
+  }));
 }
 
 /** Delete pods: workloads, namespaces and links in bulk, then addresses and objects. */
@@ -417,7 +429,7 @@ export async function removeFile(paths: LabPaths, context: string | undefined, f
         await removeObject(ctx, m.kind, obj);
         ctx.lines.push(`${label} deleted`);
       }
-      return { lines: ctx.lines };
+      return { lines: ctx.lines, timings: ctx.timings };
     }),
   );
 }
