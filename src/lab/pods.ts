@@ -13,7 +13,8 @@
  * hundreds of pods is a directory read, not a process per pod.
  */
 import { existsSync } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { POD_MTU, WORKLOAD_READY_TIMEOUT_MS } from '../defaults.js';
 import type { EtcdClusterClient } from '../cluster/etcd-client.js';
@@ -25,8 +26,11 @@ import { addNetnsMany, deleteNetnsMany } from './netns.js';
 import { clusterNetnsPrefix, shortHash, type ClusterState, type LabPaths, type LabState, type NodeState } from './state.js';
 import { removeProcSpec, writeProcSpec, type ProcSpec } from './supervisor.js';
 
-/** Pods plumbed or started at once (each one is an `ip` process or a store round trip). */
+/** Store round trips for pods in flight at once. */
 export const POD_CONCURRENCY = 8;
+
+/** `ip -batch` processes configuring the inside of pods side by side (one per core here). */
+const POD_CONFIG_BATCHES = 2;
 
 export function podNetns(lab: LabState, cluster: string, namespace: string, pod: string): string {
   return `${clusterNetnsPrefix(lab.prefix, cluster)}p${shortHash(`${namespace}/${pod}`, 10)}`;
@@ -48,12 +52,14 @@ const IPAM_PODS = '/registry/meshctl/ipam/pods/';
  */
 export class PodIpAllocator {
   private used: Set<string> | null = null;
+  private loading: Promise<Set<string>> | null = null;
 
   constructor(private readonly store: EtcdClusterClient) {}
 
-  /** Claim the lowest free address of a node's slice. */
+  /** Claim the lowest free address of a node's slice. Safe to call concurrently. */
   async allocate(node: NodeState, owner: string): Promise<string> {
-    this.used ??= new Set((await this.store.keys(IPAM_PODS)).map((k) => k.slice(IPAM_PODS.length)));
+    this.loading ??= this.store.keys(IPAM_PODS).then((keys) => (this.used = new Set(keys.map((k) => k.slice(IPAM_PODS.length)))));
+    this.used ??= await this.loading;
     const slice = parseCidr(node.podCidr)!;
     const size = 2 ** (32 - slice.prefix);
     // .0 network, .1 the node's router, last broadcast
@@ -140,18 +146,34 @@ export async function plumbPods(pods: readonly NodePod[], onPhase?: PhaseTimer):
       ),
     ),
   ));
-  await timed(onPhase, 'pod-config', () => eachLimit(pods, POD_CONCURRENCY, ({ node, plumbing: p }) =>
-    ipBatch(
-      [
-        'link set lo up',
-        'link set eth0 up',
-        `addr add ${p.ip}/32 dev eth0`,
-        `route add ${node.routerIp} dev eth0 scope link`,
-        `route add default via ${node.routerIp} dev eth0 mtu ${POD_MTU}`,
-      ],
-      p.netns,
-    ),
-  ));
+  // Inside each pod: `ip -batch` cannot switch namespaces per line, but it can run
+  // `netns exec POD ip -batch FILE`, a fork in C rather than a process spawned from here.
+  await timed(onPhase, 'pod-config', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'meshctl-pods-'));
+    try {
+      const lines = await Promise.all(
+        pods.map(async ({ node, plumbing: p }, i) => {
+          const file = join(dir, `${i}.batch`);
+          await writeFile(
+            file,
+            [
+              'link set lo up',
+              'link set eth0 up',
+              `addr add ${p.ip}/32 dev eth0`,
+              `route add ${node.routerIp} dev eth0 scope link`,
+              `route add default via ${node.routerIp} dev eth0 mtu ${POD_MTU}`,
+            ].join('\n') + '\n',
+          );
+          return `netns exec ${p.netns} ip -batch ${file}`;
+        }),
+      );
+      const per = Math.ceil(lines.length / POD_CONFIG_BATCHES);
+      const chunks = Array.from({ length: Math.ceil(lines.length / per) }, (_, k) => lines.slice(k * per, (k + 1) * per));
+      await Promise.all(chunks.map((chunk) => run('ip', ['-batch', '-'], { input: chunk.join('\n') + '\n', timeoutMs: 120_000 })));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 }
 
 /** Build one pod's namespace and link into its node. */

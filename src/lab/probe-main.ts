@@ -41,6 +41,7 @@ const deadline = started + input.deadlineMs;
 const pending = [...input.targets];
 const lastError = new Map<string, string>();
 const answeredAt = new Map<string, number>();
+const errors: Record<string, number> = {};
 let attempts = 0;
 while (pending.length > 0 && Date.now() < deadline) {
   const round = pending.splice(0);
@@ -53,6 +54,7 @@ while (pending.length > 0 && Date.now() < deadline) {
         const why = await greet(t, input.port, input.attemptMs);
         if (why === '') answeredAt.set(t.ip, Date.now() - started);
         else {
+          errors[why.split(' ')[0]] = (errors[why.split(' ')[0]] ?? 0) + 1;
           lastError.set(t.ip, why);
           pending.push(t);
         }
@@ -66,5 +68,6 @@ const result: ProbeResult = {
   failed: pending.map((t) => ({ ip: t.ip, line: t.line, error: lastError.get(t.ip) ?? 'not tried' })),
   lastAnswerMs: Math.max(0, ...answeredAt.values()),
   attempts,
+  errors,
 };
 process.stdout.write(JSON.stringify(result) + '\n');

@@ -24,6 +24,8 @@ export interface ProbeResult {
   /** Milliseconds from the start until the last pod answered. */
   readonly lastAnswerMs: number;
   readonly attempts: number;
+  /** Failed attempts by kind (timeout, ECONNREFUSED, EHOSTUNREACH, answered, closed). */
+  readonly errors: Readonly<Record<string, number>>;
 }
 
 export interface ProbeOptions {

@@ -43,6 +43,7 @@ interface Ctx {
   readonly ips: PodIpAllocator;
   /** Pods per node, read from the store once per command (pickNode keeps it current). */
   podCounts: Map<string, number> | null;
+  podCountsLoad: Promise<void> | null;
   /** Pods planned by this apply, built together by realizePods. */
   readonly planned: PodPlan[];
   readonly timings: Record<string, number>;
@@ -81,7 +82,7 @@ async function withCluster<T>(paths: LabPaths, context: string | undefined, fn: 
   const store = new EtcdClusterClient({ endpoints: [cluster.store.endpoint] });
   try {
     await store.waitReady(10_000);
-    return await fn({ paths, lab, c: cluster, store, undo: [], lines: [], ips: new PodIpAllocator(store), podCounts: null, planned: [], timings: {} });
+    return await fn({ paths, lab, c: cluster, store, undo: [], lines: [], ips: new PodIpAllocator(store), podCounts: null, podCountsLoad: null, planned: [], timings: {} });
   } finally {
     await store.close();
   }
@@ -159,7 +160,7 @@ async function applyOne(ctx: Ctx, m: Manifest): Promise<void> {
       if (ctx.planned.some((p) => p.pod.metadata.namespace === m.namespace && p.pod.metadata.name === m.name)) {
         throw new ValidationError('metadata.name', 'unique', `pod ${m.namespace}/${m.name} is given twice in ${m.where}`);
       }
-      await planPod(ctx, m.object, (m.object.spec as { nodeName?: string }).nodeName);
+      await timed(addTiming(ctx), 'plan', () => planPod(ctx, m.object, (m.object.spec as { nodeName?: string }).nodeName));
       ctx.lines.push(`${label} created`);
       return;
     }
@@ -220,15 +221,16 @@ async function allocateClusterIp(ctx: Ctx, owner: string): Promise<string> {
 
 /** Pick a node: the one asked for, else the one with the fewest pods (ties by index). */
 async function pickNode(ctx: Ctx, wanted?: string): Promise<NodeState> {
-  if (!ctx.podCounts) {
+  ctx.podCountsLoad ??= ctx.store.list('pods').then((r) => {
     const counts = new Map(ctx.c.nodes.map((n) => [n.name, 0]));
-    for (const p of (await ctx.store.list('pods')).items) {
+    for (const p of r.items) {
       const n = (p.spec as { nodeName?: string }).nodeName;
       if (n && counts.has(n)) counts.set(n, counts.get(n)! + 1);
     }
     ctx.podCounts = counts;
-  }
-  const counts = ctx.podCounts;
+  });
+  await ctx.podCountsLoad;
+  const counts = ctx.podCounts!;
   const node = wanted
     ? ctx.c.nodes.find((n) => n.name === wanted)!
     : [...ctx.c.nodes].sort((a, b) => counts.get(a.name)! - counts.get(b.name)! || a.index - b.index)[0];
@@ -240,10 +242,8 @@ async function pickNode(ctx: Ctx, wanted?: string): Promise<NodeState> {
 async function planPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Promise<void> {
   const ns = manifest.metadata.namespace ?? 'default';
   const name = manifest.metadata.name;
-  const { node, podIp } = await timed(addTiming(ctx), 'plan', async () => {
-    const n = await pickNode(ctx, nodeName);
-    return { node: n, podIp: await ctx.ips.allocate(n, `${ns}/${name}`) };
-  });
+  const node = await pickNode(ctx, nodeName);
+  const podIp = await ctx.ips.allocate(node, `${ns}/${name}`);
   ctx.undo.push(() => ctx.ips.release(podIp));
   const plumbing: PodPlumbing = { netns: podNetns(ctx.lab, ctx.c.name, ns, name), lxc: podLxcName(ctx.c.name, ns, name), ip: podIp };
   const base = stamp(manifest);
@@ -392,12 +392,13 @@ async function reconcileDeployment(ctx: Ctx, d: KubeObject): Promise<boolean> {
   await deletePods(ctx, surplus);
   changed = surplus.length > 0;
   const names = new Set(owned.map((p) => p.metadata.name));
+  const wanted: KubeObject[] = [];
   for (let i = current.length; i < replicas; i++) {
     let podName: string;
     do podName = `${d.metadata.name}-${hash}-${randomBytes(3).toString('hex').slice(0, 5)}`;
     while (names.has(podName));
     names.add(podName);
-    await planPod(ctx, {
+    wanted.push({
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: {
@@ -408,9 +409,10 @@ async function reconcileDeployment(ctx: Ctx, d: KubeObject): Promise<boolean> {
       },
       spec: spec.template.spec,
     });
-    changed = true;
   }
-  return changed;
+  // Addresses are claimed concurrently: each allocation marks its pick used before its store round trip.
+  await timed(addTiming(ctx), 'plan', () => eachLimit(wanted, POD_CONCURRENCY * 2, (m) => planPod(ctx, m)));
+  return changed || wanted.length > 0;
 }
 
 /** Remove the objects a YAML file names (a Deployment takes its pods, a Namespace its contents). */
