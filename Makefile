@@ -9,7 +9,7 @@ NODE := node
 MESHCTL := $(NODE) dist/bin/meshctl.js
 JEST_RESULTS := .ci/jest-results.json
 
-.PHONY: all deps deb npm build native bpf test unit demo bench clean
+.PHONY: all deps deb npm build native echo bpf test unit demo bench clean
 
 all: build
 
@@ -34,7 +34,7 @@ npm: node_modules/.package-lock.json
 
 deps: deb npm
 
-build: npm native
+build: npm native echo
 	npx tsc -p tsconfig.json
 	@chmod +x dist/bin/meshctl.js
 	$(NODE) -e "import('./dist/src/datapath/datapath.js').then((m) => m.compilePrograms())"
@@ -42,6 +42,14 @@ build: npm native
 # The libbpf addon (only once native/ holds one).
 native:
 	@if [ -f native/binding.gyp ]; then cd native && npx node-gyp rebuild --silent; fi
+
+# The lab pods' workload: a small static C echo server (a pod costs ~1 MB instead of a Node process).
+ECHO_BIN := dist/native/meshctl-echo
+echo: $(ECHO_BIN)
+
+$(ECHO_BIN): native/echo/echo.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -static -s -o $@ $<
 
 test: deps build
 	@rm -f $(JEST_RESULTS)

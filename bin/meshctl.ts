@@ -38,5 +38,6 @@ try {
   }
 }
 // Leftover handles (etcd channels) must not keep a finished command alive. Long-running
-// commands (agent, supervisor) only get here when they are shutting down.
-setTimeout(() => process.exit(), 50).unref();
+// commands (agent, supervisor) only get here when they are shutting down. Stdout first drains:
+// a pipe takes large `-o json` output asynchronously (500 pods are ~1 MB).
+process.stdout.write('', () => setTimeout(() => process.exit(), 50).unref());

@@ -103,11 +103,15 @@ export function labCommand(): Command {
     .description('Create or update objects from Kubernetes YAML (Namespace, Pod, Deployment, Service, NetworkPolicy, MeshNetworkPolicy)')
     .requiredOption('-f, --filename <file>', 'YAML file, or - for stdin')
     .option('--context <name>', 'lab cluster')
+    .option('--timings', 'print how long each phase of building pods took')
     .addHelpText('after', '\nExample:\n  meshctl lab apply -f fixtures/echo-app.yaml --context c1')
-    .action(async (o: { filename: string; context?: string }) => {
+    .action(async (o: { filename: string; context?: string; timings?: boolean }) => {
       requireRoot('lab apply');
       const r = await applyFile(paths(), o.context, o.filename);
       for (const l of r.lines) out.info(l);
+      if (o.timings) {
+        for (const [phase, ms] of Object.entries(r.timings)) out.info(`   ${phase} (${(ms / 1000).toFixed(2)}s)`);
+      }
     });
 
   lab

@@ -3,7 +3,7 @@ import { readdir, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BPF_PIN_ROOT } from '../defaults.js';
 import { NotFoundError } from '../util/errors.js';
-import { deleteNetns, listNetns } from './netns.js';
+import { deleteNetnsMany, listNetns } from './netns.js';
 import { stopSupervisor } from './processes.js';
 import { clusterNetnsPrefix, labPrefix, readLabState, withLabLock, writeLabState, type LabPaths, type LabState } from './state.js';
 import { deleteVpc, removeNodeRoute, sweepLab } from './topology.js';
@@ -14,7 +14,7 @@ async function removeCluster(paths: LabPaths, lab: LabState, name: string): Prom
   const mine = (await listNetns()).filter((n) => n.startsWith(nsPrefix));
   // Pods before nodes: a pod's veth peer lives in its node.
   mine.sort((a, b) => Number(b.slice(nsPrefix.length).startsWith('p')) - Number(a.slice(nsPrefix.length).startsWith('p')));
-  for (const n of mine) await deleteNetns(n);
+  await deleteNetnsMany(mine);
   for (const n of lab.clusters[name].nodes) await removeNodeRoute(lab, n);
   await rm(join(BPF_PIN_ROOT, lab.prefix, name), { recursive: true, force: true });
   await rm(paths.clusterDir(name), { recursive: true, force: true });

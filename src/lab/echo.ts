@@ -1,5 +1,7 @@
 /**
- * The lab's workload: whatever image a container names, a lab pod runs this echo server.
+ * The lab's workload protocol: whatever image a container names, a lab pod runs an echo server.
+ * Pods run the native one (ECHO_BIN, native/echo/echo.c); this Node implementation is the
+ * reference it must match byte for byte (tests/integration/echo.test.ts compares the two).
  * HTTP on 8080 answers JSON naming cluster, node, namespace and pod (and who asked);
  * TCP on 9000 greets with the same identity line, then echoes bytes; UDP on 9001 answers each
  * datagram with the identity line followed by the datagram.
@@ -7,6 +9,8 @@
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
 import { createSocket } from 'node:dgram';
+import { join } from 'node:path';
+import { ROOT } from '../util/self.js';
 
 export interface EchoIdentity {
   readonly cluster: string;
@@ -62,3 +66,6 @@ export async function startEcho(id: EchoIdentity, ports: EchoPorts): Promise<() 
     udp.close();
   };
 }
+
+/** The native echo (native/echo/echo.c, built by `make build`): what every lab pod runs. */
+export const ECHO_BIN = join(ROOT, 'dist', 'native', 'meshctl-echo');

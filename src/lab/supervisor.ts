@@ -9,7 +9,7 @@
  * in one cluster's supervisor cannot take another cluster's processes with it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync, readFileSync, writeFileSync, rmSync, readdirSync, mkdirSync, existsSync, renameSync } from 'node:fs';
+import { openSync, closeSync, readFileSync, writeFileSync, rmSync, readdirSync, mkdirSync, existsSync, renameSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { RESTART_DELAY_MAX_MS, RESTART_DELAY_MS } from '../defaults.js';
@@ -109,6 +109,9 @@ export async function runSupervisor(paths: LabPaths, cluster: string): Promise<v
     }
   };
 
+  // Specs by file, with the stat they were read at: a lab with hundreds of pods rescans often,
+  // and only a file that was replaced (new inode) or rewritten is read and parsed again.
+  const parsed = new Map<string, { stamp: string; spec: ProcSpec | null; text: string }>();
   const scan = (): void => {
     if (stopping) return;
     const wanted = new Map<string, { spec: ProcSpec; text: string }>();
@@ -118,14 +121,28 @@ export async function runSupervisor(paths: LabPaths, cluster: string): Promise<v
     } catch {
       files = [];
     }
+    const seen = new Set(files);
+    for (const f of parsed.keys()) if (!seen.has(f)) parsed.delete(f);
     for (const f of files) {
+      let stamp = '';
       try {
-        const text = readFileSync(join(procsDir, f), 'utf8');
-        const spec = ProcSpecSchema.parse(JSON.parse(text));
-        wanted.set(spec.name, { spec, text });
-      } catch (err) {
-        log(`skipping ${f}: ${err instanceof Error ? err.message.split('\n')[0] : err}`);
+        const st = statSync(join(procsDir, f));
+        stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+      } catch {
+        continue; // removed meanwhile
       }
+      let entry = parsed.get(f);
+      if (!entry || entry.stamp !== stamp) {
+        try {
+          const text = readFileSync(join(procsDir, f), 'utf8');
+          entry = { stamp, spec: ProcSpecSchema.parse(JSON.parse(text)), text };
+        } catch (err) {
+          log(`skipping ${f}: ${err instanceof Error ? err.message.split('\n')[0] : err}`);
+          entry = { stamp, spec: null, text: '' };
+        }
+        parsed.set(f, entry);
+      }
+      if (entry.spec) wanted.set(entry.spec.name, { spec: entry.spec, text: entry.text });
     }
     for (const [name, r] of procs) {
       const w = wanted.get(name);

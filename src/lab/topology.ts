@@ -14,7 +14,7 @@ import { BPF_PIN_ROOT, MGMT_BASE, VPC_BASE } from '../defaults.js';
 import { formatCidr, formatIp, parseCidr, parseIp, cidrsOverlap, subnetAt } from '../util/cidr.js';
 import { ip, ipBatch } from '../util/exec.js';
 import { OperationError } from '../util/errors.js';
-import { addNetns, deleteNetns, linkExists, listNetns, netnsSysctl } from './netns.js';
+import { addNetns, deleteNetns, deleteNetnsMany, linkExists, listNetns, netnsSysctl } from './netns.js';
 import { labNetnsPrefix, shortHash, type LabState, type NodeState, type VpcState } from './state.js';
 import type { HostRoute } from './validate.js';
 
@@ -56,7 +56,8 @@ export async function sweepLab(prefix: string): Promise<void> {
   // Pods first, then nodes and control planes, the underlay last: its links pair with theirs.
   const mine = all.filter((n) => n.startsWith(labNetnsPrefix(prefix)));
   const underlay = underlayNetnsName(prefix);
-  for (const n of mine.filter((x) => x !== underlay)) await deleteNetns(n);
+  const pod = (n: string): boolean => /\.p[0-9a-f]+$/.test(n);
+  await deleteNetnsMany([...mine.filter((x) => x !== underlay && pod(x)), ...mine.filter((x) => x !== underlay && !pod(x))]);
   if (mine.includes(underlay)) await deleteNetns(underlay);
   if (await linkExists(hostLinkName(prefix))) await ip(['link', 'del', hostLinkName(prefix)], undefined, false);
   await rm(join(BPF_PIN_ROOT, prefix), { recursive: true, force: true });

@@ -11,20 +11,25 @@ import { parseManifests, type Manifest } from './manifests.js';
 import { netnsExists } from './netns.js';
 import { ensureSupervisor } from './processes.js';
 import {
-  allocatePodIp,
-  plumbPod,
+  PodIpAllocator,
+  POD_CONCURRENCY,
+  eachLimit,
+  plumbPods,
   podLxcName,
   podNetns,
-  releasePodIp,
-  startWorkload,
+  startWorkloads,
   stopWorkload,
-  unplumbPod,
+  timed,
+  unplumbPods,
+  type PhaseTimer,
   type PodPlumbing,
 } from './pods.js';
-import { withLabLock, type ClusterState, type LabPaths, type LabState } from './state.js';
+import { withLabLock, type ClusterState, type LabPaths, type LabState, type NodeState } from './state.js';
 
 export interface ApplyResult {
   readonly lines: string[];
+  /** Milliseconds per phase of building pods (plan, netns, links, pod-config, workloads, store), when pods were made. */
+  readonly timings: Record<string, number>;
 }
 
 interface Ctx {
@@ -35,6 +40,20 @@ interface Ctx {
   /** Undo actions of this apply, run in reverse on failure. */
   readonly undo: Array<() => Promise<void>>;
   readonly lines: string[];
+  readonly ips: PodIpAllocator;
+  /** Pods per node, read from the store once per command (pickNode keeps it current). */
+  podCounts: Map<string, number> | null;
+  podCountsLoad: Promise<void> | null;
+  /** Pods planned by this apply, built together by realizePods. */
+  readonly planned: PodPlan[];
+  readonly timings: Record<string, number>;
+}
+
+/** A pod this apply will create: node and address chosen, object ready to write. */
+interface PodPlan {
+  readonly node: NodeState;
+  readonly plumbing: PodPlumbing;
+  readonly pod: KubeObject;
 }
 
 const APPLY_ORDER: Kind[] = ['Namespace', 'NetworkPolicy', 'MeshNetworkPolicy', 'Service', 'Deployment', 'Pod'];
@@ -63,7 +82,7 @@ async function withCluster<T>(paths: LabPaths, context: string | undefined, fn: 
   const store = new EtcdClusterClient({ endpoints: [cluster.store.endpoint] });
   try {
     await store.waitReady(10_000);
-    return await fn({ paths, lab, c: cluster, store, undo: [], lines: [] });
+    return await fn({ paths, lab, c: cluster, store, undo: [], lines: [], ips: new PodIpAllocator(store), podCounts: null, podCountsLoad: null, planned: [], timings: {} });
   } finally {
     await store.close();
   }
@@ -90,13 +109,18 @@ export async function applyFile(paths: LabPaths, context: string | undefined, fi
       const sorted = [...manifests].sort((a, b) => APPLY_ORDER.indexOf(a.kind) - APPLY_ORDER.indexOf(b.kind));
       try {
         for (const m of sorted) await applyOne(ctx, m);
+        await realizePods(ctx);
       } catch (err) {
         for (const u of ctx.undo.reverse()) await u().catch(() => undefined);
         throw err;
       }
-      return { lines: ctx.lines };
+      return { lines: ctx.lines, timings: ctx.timings };
     }),
   );
+}
+
+function addTiming(ctx: Ctx): PhaseTimer {
+  return (phase, ms) => void (ctx.timings[phase] = (ctx.timings[phase] ?? 0) + Math.round(ms));
 }
 
 function stamp(obj: KubeObject): KubeObject {
@@ -125,10 +149,18 @@ async function applyOne(ctx: Ctx, m: Manifest): Promise<void> {
   switch (m.kind) {
     case 'Pod': {
       if (existing) {
-        ctx.lines.push(`${label} unchanged`);
+        const updated = podMetadataUpdate(existing, m.object);
+        if (updated) {
+          await ctx.store.put(m.resource, updated);
+          ctx.undo.push(async () => void (await ctx.store.put(m.resource, existing)));
+        }
+        ctx.lines.push(`${label} ${updated ? 'configured' : 'unchanged'}`);
         return;
       }
-      await createPod(ctx, m.object, (m.object.spec as { nodeName?: string }).nodeName);
+      if (ctx.planned.some((p) => p.pod.metadata.namespace === m.namespace && p.pod.metadata.name === m.name)) {
+        throw new ValidationError('metadata.name', 'unique', `pod ${m.namespace}/${m.name} is given twice in ${m.where}`);
+      }
+      await timed(addTiming(ctx), 'plan', () => planPod(ctx, m.object, (m.object.spec as { nodeName?: string }).nodeName));
       ctx.lines.push(`${label} created`);
       return;
     }
@@ -187,24 +219,32 @@ async function allocateClusterIp(ctx: Ctx, owner: string): Promise<string> {
   throw new OperationError(`no free service address in ${ctx.c.serviceCidr}`);
 }
 
-/** Pick a node: the one asked for, else the one with the fewest pods (ties by name). */
-async function pickNode(ctx: Ctx, wanted?: string): Promise<ClusterState['nodes'][number]> {
-  if (wanted) return ctx.c.nodes.find((n) => n.name === wanted)!;
-  const pods = (await ctx.store.list('pods')).items;
-  const count = new Map(ctx.c.nodes.map((n) => [n.name, 0]));
-  for (const p of pods) {
-    const n = (p.spec as { nodeName?: string }).nodeName;
-    if (n && count.has(n)) count.set(n, count.get(n)! + 1);
-  }
-  return [...ctx.c.nodes].sort((a, b) => count.get(a.name)! - count.get(b.name)! || a.index - b.index)[0];
+/** Pick a node: the one asked for, else the one with the fewest pods (ties by index). */
+async function pickNode(ctx: Ctx, wanted?: string): Promise<NodeState> {
+  ctx.podCountsLoad ??= ctx.store.list('pods').then((r) => {
+    const counts = new Map(ctx.c.nodes.map((n) => [n.name, 0]));
+    for (const p of r.items) {
+      const n = (p.spec as { nodeName?: string }).nodeName;
+      if (n && counts.has(n)) counts.set(n, counts.get(n)! + 1);
+    }
+    ctx.podCounts = counts;
+  });
+  await ctx.podCountsLoad;
+  const counts = ctx.podCounts!;
+  const node = wanted
+    ? ctx.c.nodes.find((n) => n.name === wanted)!
+    : [...ctx.c.nodes].sort((a, b) => counts.get(a.name)! - counts.get(b.name)! || a.index - b.index)[0];
+  counts.set(node.name, (counts.get(node.name) ?? 0) + 1);
+  return node;
 }
 
-async function createPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Promise<KubeObject> {
+/** Choose a pod's node and address; realizePods builds it. */
+async function planPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Promise<void> {
   const ns = manifest.metadata.namespace ?? 'default';
   const name = manifest.metadata.name;
   const node = await pickNode(ctx, nodeName);
-  const podIp = await allocatePodIp(ctx.store, node, `${ns}/${name}`);
-  ctx.undo.push(() => releasePodIp(ctx.store, podIp));
+  const podIp = await ctx.ips.allocate(node, `${ns}/${name}`);
+  ctx.undo.push(() => ctx.ips.release(podIp));
   const plumbing: PodPlumbing = { netns: podNetns(ctx.lab, ctx.c.name, ns, name), lxc: podLxcName(ctx.c.name, ns, name), ip: podIp };
   const base = stamp(manifest);
   const pod: KubeObject = {
@@ -212,37 +252,125 @@ async function createPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Pro
     spec: { ...(base.spec as object), nodeName: node.name },
     status: { phase: 'Pending', podIP: podIp, podIPs: [{ ip: podIp }], hostIP: node.ip, meshctl: { netns: plumbing.netns, lxc: plumbing.lxc } },
   };
-  try {
-    await ctx.store.create('pods', pod);
-  } catch (err) {
-    if (err instanceof AlreadyExistsError) throw new ValidationError('metadata.name', 'unique', `pod ${ns}/${name} already exists`);
-    throw err;
-  }
-  ctx.undo.push(async () => void (await ctx.store.delete('pods', ns, name)));
-  ctx.undo.push(async () => {
-    stopWorkload(ctx.paths, ctx.c.name, ns, name);
-    await unplumbPod(node, plumbing);
-  });
-  await plumbPod(node, plumbing);
-  await startWorkload(ctx.paths, ctx.c, node, ns, name, plumbing);
-  const running = { ...pod, status: { ...(pod.status as object), phase: 'Running', startTime: new Date().toISOString() } };
-  await ctx.store.put('pods', running);
-  return running;
+  ctx.planned.push({ node, plumbing, pod });
 }
 
-async function deletePod(ctx: Ctx, pod: KubeObject): Promise<void> {
-  const ns = pod.metadata.namespace ?? 'default';
-  const name = pod.metadata.name;
-  const status = (pod.status ?? {}) as { podIP?: string; meshctl?: { netns?: string; lxc?: string } };
-  const node = ctx.c.nodes.find((n) => n.name === (pod.spec as { nodeName?: string }).nodeName);
-  stopWorkload(ctx.paths, ctx.c.name, ns, name);
-  await unplumbPod(node, {
-    netns: status.meshctl?.netns ?? podNetns(ctx.lab, ctx.c.name, ns, name),
-    lxc: status.meshctl?.lxc ?? podLxcName(ctx.c.name, ns, name),
-    ip: status.podIP ?? '',
+/**
+ * Build every planned pod: namespaces and links in bulk, workloads started together, and each
+ * pod written to the store once, Running, when its workload listens (so agents never see a pod
+ * whose lxc is not there yet).
+ */
+async function realizePods(ctx: Ctx): Promise<void> {
+  const plans = ctx.planned.splice(0);
+  if (plans.length === 0) return;
+  const ref = (p: PodPlan) => ({ node: p.node, namespace: p.pod.metadata.namespace ?? 'default', pod: p.pod.metadata.name, plumbing: p.plumbing });
+  ctx.undo.push(async () => {
+    for (const p of plans) stopWorkload(ctx.paths, ctx.c.name, ref(p).namespace, ref(p).pod);
+    await unplumbPods(plans);
   });
-  if (status.podIP) await releasePodIp(ctx.store, status.podIP);
-  await ctx.store.delete('pods', ns, name);
+  const onPhase = addTiming(ctx);
+  await plumbPods(plans, onPhase);
+  await timed(onPhase, 'workloads', () => startWorkloads(ctx.paths, ctx.c, plans.map(ref)));
+  const startTime = new Date().toISOString();
+  await timed(onPhase, 'store', () => eachLimit(plans, POD_CONCURRENCY * 2, async (p) => {
+    const running = { ...p.pod, status: { ...(p.pod.status as object), phase: 'Running', startTime } };
+    try {
+      await ctx.store.create('pods', running);
+    } catch (err) {
+      if (err instanceof AlreadyExistsError) throw new ValidationError('metadata.name', 'unique', `pod ${ref(p).namespace}/${ref(p).pod} already exists`);
+      throw err;
+    }
+    ctx.undo.push(async () => void (await ctx.store.delete('pods', ref(p).namespace, ref(p).pod)));
+  }));
+}
+
+/** Delete pods: workloads, namespaces and links in bulk, then addresses and objects. */
+async function deletePods(ctx: Ctx, pods: readonly KubeObject[]): Promise<void> {
+  if (pods.length === 0) return;
+  const items = pods.map((pod) => {
+    const ns = pod.metadata.namespace ?? 'default';
+    const name = pod.metadata.name;
+    const status = (pod.status ?? {}) as { podIP?: string; meshctl?: { netns?: string; lxc?: string } };
+    const nodeName = (pod.spec as { nodeName?: string }).nodeName;
+    return {
+      ns,
+      name,
+      podIP: status.podIP,
+      nodeName,
+      node: ctx.c.nodes.find((n) => n.name === nodeName),
+      plumbing: {
+        netns: status.meshctl?.netns ?? podNetns(ctx.lab, ctx.c.name, ns, name),
+        lxc: status.meshctl?.lxc ?? podLxcName(ctx.c.name, ns, name),
+        ip: status.podIP ?? '',
+      },
+    };
+  });
+  for (const x of items) stopWorkload(ctx.paths, ctx.c.name, x.ns, x.name);
+  await unplumbPods(items);
+  await eachLimit(items, POD_CONCURRENCY * 2, async (x) => {
+    if (x.podIP) await ctx.ips.release(x.podIP);
+    await ctx.store.delete('pods', x.ns, x.name);
+    if (x.nodeName && ctx.podCounts?.has(x.nodeName)) ctx.podCounts.set(x.nodeName, ctx.podCounts.get(x.nodeName)! - 1);
+  });
+}
+
+/** Keys sorted at every level, so equal objects print equal whatever order their keys came in. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** The first path where two values differ (`spec.containers[0].image`), or null. */
+function firstDifference(a: unknown, b: unknown, path: string): string | null {
+  if (canonical(a) === canonical(b)) return null;
+  if (a && b && typeof a === 'object' && typeof b === 'object' && Array.isArray(a) === Array.isArray(b)) {
+    if (Array.isArray(a) && Array.isArray(b)) {
+      if (a.length !== b.length) return path;
+      for (let i = 0; i < a.length; i++) {
+        const d = firstDifference(a[i], b[i], `${path}[${i}]`);
+        if (d) return d;
+      }
+      return path;
+    }
+    const ao = a as Record<string, unknown>;
+    const bo = b as Record<string, unknown>;
+    for (const k of [...new Set([...Object.keys(ao), ...Object.keys(bo)])].sort()) {
+      const d = firstDifference(ao[k], bo[k], `${path}.${k}`);
+      if (d) return d;
+    }
+  }
+  return path;
+}
+
+/**
+ * A Pod applied again, as Kubernetes treats it: metadata (labels, annotations) is updated in
+ * place, the spec is immutable. Returns the object to write, null when nothing changed, and
+ * throws a ValidationError naming the first spec field that differs.
+ */
+export function podMetadataUpdate(existing: KubeObject, manifest: KubeObject): KubeObject | null {
+  const ns = existing.metadata.namespace ?? 'default';
+  const want = { ...((manifest.spec ?? {}) as Record<string, unknown>) };
+  const have = { ...((existing.spec ?? {}) as Record<string, unknown>) };
+  if (want.nodeName === undefined) delete have.nodeName; // the lab scheduled it
+  const diff = firstDifference(have, want, 'spec');
+  if (diff) {
+    throw new ValidationError(diff, 'immutable', `pod ${ns}/${existing.metadata.name}: ${diff} cannot change (a Pod's spec is immutable; delete the pod and apply it again)`);
+  }
+  const labels = manifest.metadata.labels ?? {};
+  const annotations = manifest.metadata.annotations ?? {};
+  if (canonical(labels) === canonical(existing.metadata.labels ?? {}) && canonical(annotations) === canonical(existing.metadata.annotations ?? {})) return null;
+  const metadata = { ...existing.metadata, labels, annotations };
+  if (Object.keys(labels).length === 0) delete (metadata as { labels?: unknown }).labels;
+  if (Object.keys(annotations).length === 0) delete (metadata as { annotations?: unknown }).annotations;
+  return { ...existing, metadata };
 }
 
 function templateHash(template: unknown): string {
@@ -260,13 +388,17 @@ async function reconcileDeployment(ctx: Ctx, d: KubeObject): Promise<boolean> {
   );
   let changed = false;
   const current = owned.filter((p) => p.metadata.labels?.['pod-template-hash'] === hash);
-  for (const p of [...owned.filter((p) => !current.includes(p)), ...current.slice(replicas)]) {
-    await deletePod(ctx, p);
-    changed = true;
-  }
+  const surplus = [...owned.filter((p) => !current.includes(p)), ...current.slice(replicas)];
+  await deletePods(ctx, surplus);
+  changed = surplus.length > 0;
+  const names = new Set(owned.map((p) => p.metadata.name));
+  const wanted: KubeObject[] = [];
   for (let i = current.length; i < replicas; i++) {
-    const podName = `${d.metadata.name}-${hash}-${randomBytes(3).toString('hex').slice(0, 5)}`;
-    await createPod(ctx, {
+    let podName: string;
+    do podName = `${d.metadata.name}-${hash}-${randomBytes(3).toString('hex').slice(0, 5)}`;
+    while (names.has(podName));
+    names.add(podName);
+    wanted.push({
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: {
@@ -277,9 +409,10 @@ async function reconcileDeployment(ctx: Ctx, d: KubeObject): Promise<boolean> {
       },
       spec: spec.template.spec,
     });
-    changed = true;
   }
-  return changed;
+  // Addresses are claimed concurrently: each allocation marks its pick used before its store round trip.
+  await timed(addTiming(ctx), 'plan', () => eachLimit(wanted, POD_CONCURRENCY * 2, (m) => planPod(ctx, m)));
+  return changed || wanted.length > 0;
 }
 
 /** Remove the objects a YAML file names (a Deployment takes its pods, a Namespace its contents). */
@@ -298,25 +431,27 @@ export async function removeFile(paths: LabPaths, context: string | undefined, f
         await removeObject(ctx, m.kind, obj);
         ctx.lines.push(`${label} deleted`);
       }
-      return { lines: ctx.lines };
+      return { lines: ctx.lines, timings: ctx.timings };
     }),
   );
 }
 
 async function removeObject(ctx: Ctx, kind: Kind, obj: KubeObject): Promise<void> {
   const ns = obj.metadata.namespace;
-  if (kind === 'Pod') return deletePod(ctx, obj);
+  if (kind === 'Pod') return deletePods(ctx, [obj]);
   if (kind === 'Deployment') {
-    for (const p of (await ctx.store.list('pods', ns)).items) {
-      if ((p.metadata.ownerReferences ?? []).some((o) => o.kind === 'Deployment' && o.name === obj.metadata.name)) await deletePod(ctx, p);
-    }
+    await deletePods(
+      ctx,
+      (await ctx.store.list('pods', ns)).items.filter((p) => (p.metadata.ownerReferences ?? []).some((o) => o.kind === 'Deployment' && o.name === obj.metadata.name)),
+    );
   }
   if (kind === 'Service') {
     const ip = (obj.spec as { clusterIP?: string }).clusterIP;
     if (ip) await ctx.store.deleteKey(IPAM_SERVICES + ip);
   }
   if (kind === 'Namespace') {
-    for (const k of ['Pod', 'Deployment', 'Service', 'NetworkPolicy', 'MeshNetworkPolicy'] as const) {
+    await deletePods(ctx, (await ctx.store.list('pods', obj.metadata.name)).items);
+    for (const k of ['Deployment', 'Service', 'NetworkPolicy', 'MeshNetworkPolicy'] as const) {
       for (const o of (await ctx.store.list(RESOURCES[k].resource, obj.metadata.name)).items) await removeObject(ctx, k, o);
     }
   }

@@ -114,6 +114,63 @@ describe('lab', () => {
     expect((await lab.json(['lab', 'get', 'pods', '-n', 'demo', '--context', 'c1'])).items).toHaveLength(4);
   });
 
+  test('a pod re-applied with changed labels is updated in place ("configured"); a changed spec is refused', async () => {
+    const get = async (): Promise<any> => (await lab.json(['lab', 'get', 'pods', '-n', 'demo', '--context', 'c1'])).items.find((p: any) => p.metadata.name === 'client');
+    const before = await get();
+    const workload = pid('c1', 'pod-demo-client');
+    const r = await lab.ok(['lab', 'apply', '-f', join(FIXTURES, 'relabel', 'client-relabelled.yaml'), '--context', 'c1']);
+    expect(r.stderr.trim()).toBe('pod/client configured');
+    const after = await get();
+    expect(after.metadata.labels).toEqual({ app: 'client', tier: 'frontend' });
+    expect(after.metadata.annotations).toEqual({ 'example.com/owner': 'team-a' });
+    // in place: same object, address, node, namespace and workload process
+    expect(after.metadata.uid).toBe(before.metadata.uid);
+    expect(after.status).toEqual(before.status);
+    expect(after.spec).toEqual(before.spec);
+    expect(pid('c1', 'pod-demo-client')).toBe(workload);
+    expect(alive(workload)).toBe(true);
+    expect((await lab.ok(['lab', 'apply', '-f', join(FIXTURES, 'relabel', 'client-relabelled.yaml'), '--context', 'c1'])).stderr.trim()).toBe('pod/client unchanged');
+
+    const refused = await lab.cli(['lab', 'apply', '-f', join(FIXTURES, 'relabel', 'client-new-image.yaml'), '--context', 'c1']);
+    expect(refused.exitCode).toBe(2);
+    const lines = refused.stderr.trim().split('\n').filter((l) => !l.startsWith('💡'));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/pod demo\/client: spec\.containers\[0\]\.image cannot change \(a Pod's spec is immutable; delete the pod and apply it again\)/);
+    expect((await get()).metadata.labels).toEqual({ app: 'client', tier: 'frontend' }); // nothing half-applied
+
+    // back to the fixture's labels: annotations dropped, labels as the file says
+    expect((await lab.ok(['lab', 'apply', '-f', join(FIXTURES, 'echo-app.yaml'), '--context', 'c1'])).stderr).toContain('pod/client configured');
+    const restored = await get();
+    expect(restored.metadata.labels).toEqual({ app: 'client' });
+    expect(restored.metadata.annotations).toBeUndefined();
+  });
+
+  test("a pod's workload killed with -9 is restarted by the supervisor and answers again", async () => {
+    const pods = (await lab.json(['lab', 'get', 'pods', '-n', 'demo', '--context', 'c1'])).items;
+    const echo = pods.find((p: any) => p.metadata.labels.app === 'echo');
+    const proc = `pod-demo-${echo.metadata.name}`;
+    const first = pid('c1', proc);
+    expect(readFileSync(`/proc/${first}/cmdline`, 'utf8').split('\0')[0]).toMatch(/dist\/native\/meshctl-echo$/);
+    process.kill(first, 'SIGKILL');
+    const second = await eventually(async () => {
+      const p = pid('c1', proc);
+      return p !== first && alive(p) ? p : 0;
+    }, 10_000, `a new pid for ${proc}`, 100);
+    expect(second).not.toBe(first);
+    const out = await eventually(
+      async () => {
+        const r = await lab.cli(['lab', 'exec', '--context', 'c1', `demo/${echo.metadata.name}`, '--', 'curl', '-s', '-m', '2', `http://${echo.status.podIP}:8080/again`]);
+        return r.exitCode === 0 ? JSON.parse(r.stdout) : null;
+      },
+      10_000,
+      'the restarted echo to answer',
+      200,
+    );
+    expect(out).toMatchObject({ cluster: 'c1', node: echo.spec.nodeName, namespace: 'demo', pod: echo.metadata.name, path: '/again' });
+    const log = readFileSync(join(lab.home, 'clusters', 'c1', 'logs', `${proc}.log`), 'utf8');
+    expect(log.split('\n').filter((l) => l === `echo demo/${echo.metadata.name} listening on ${echo.status.podIP}`)).toHaveLength(2);
+  });
+
   test('kill -9 an agent and the store: both back within 10 s, nothing lost', async () => {
     const list = await lab.json(['lab', 'list']);
     const c1 = list.clusters.find((c: any) => c.name === 'c1');
