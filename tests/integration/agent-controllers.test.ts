@@ -132,8 +132,12 @@ test('one pod whose identity cannot be allocated is reported alone; every other 
   expect((await etcdctl(['put', '/registry/pods/ctl/bad', JSON.stringify(bad)])).exitCode).toBe(0);
   try {
     await eventually(async () => ((await metric(node, 'meshctl_agent_item_errors', 'controller="endpoints"')) ?? 0) >= 1, 15_000, 'the bad pod counted as an endpoints error');
-    const st = await nodeStatus(node);
-    expect(st.datapath.errors).toEqual(expect.arrayContaining([expect.objectContaining({ controller: 'endpoints', key: 'ctl/bad' })]));
+    const st = await eventually(async () => {
+      const x = await nodeStatus(node);
+      return x?.datapath?.errors?.length ? x : null;
+    }, 10_000, 'the bad pod in the status object');
+    expect(st.datapath.errors).toEqual([expect.objectContaining({ controller: 'endpoints', key: 'ctl/bad' })]);
+    expect(st.datapath.errors[0].message).toContain('no identity can be allocated');
     // Another pod made now is still programmed and answers.
     writeFileSync(join(lab.home, 'late.yaml'), 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: late\n  namespace: ctl\n  labels:\n    app: late\nspec:\n  nodeName: a1-n1\n  containers:\n    - name: c\n      image: x\n');
     await lab.ok(['lab', 'apply', '-f', join(lab.home, 'late.yaml'), '--context', CLUSTER]);

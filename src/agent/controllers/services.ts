@@ -26,11 +26,15 @@ export function resolveTargetPort(pod: KubeObject, target: number | string): num
   return namedPorts(pod)[target]?.[0]?.port ?? null;
 }
 
-/** The frontends (and their backends) a Service wants, given the pods of its namespace. */
-export function serviceFrontends(svc: KubeObject, pods: readonly KubeObject[]): Array<{ key: ServiceKey; backends: ServiceBackend[] }> {
+/**
+ * The frontends (and their backends) a Service wants, given the pods of its namespace. A pod is a
+ * backend once it runs and its node has programmed it (`programmed`: its agent published the
+ * MeshEndpoint), so a new backend never receives traffic before its node can deliver it.
+ */
+export function serviceFrontends(svc: KubeObject, pods: readonly KubeObject[], programmed: (pod: KubeObject) => boolean = () => true): Array<{ key: ServiceKey; backends: ServiceBackend[] }> {
   const spec = svc.spec as ServiceSpec | undefined;
   if (!spec?.clusterIP || !spec.selector) return [];
-  const ready = pods.filter((p) => podIp(p) && podRunning(p) && selects(spec.selector, p));
+  const ready = pods.filter((p) => podIp(p) && podRunning(p) && selects(spec.selector, p) && programmed(p));
   return (spec.ports ?? []).map((port) => {
     const proto = PROTO[port.protocol ?? 'TCP'] ?? 6;
     return {
@@ -71,7 +75,20 @@ export class ServicesController implements Controller {
       },
       onDelete: affected,
     });
+    // A pod's node publishing (or withdrawing) its endpoint makes it a backend (or not).
+    const byEndpoint = (e: KubeObject): void => {
+      const p = pods.get(objKey(e));
+      if (p) affected(p);
+    };
+    d.informers.meshEndpoints.addEventHandler({ onAdd: byEndpoint, onUpdate: (_a, b) => byEndpoint(b), onDelete: byEndpoint });
   }
+
+  /** Has the pod's node programmed it (its MeshEndpoint names the pod's address and node)? */
+  private programmedPod = (p: KubeObject): boolean => {
+    const ep = this.d.informers.meshEndpoints.get(objKey(p));
+    const s = ep?.spec as { ip?: string; node?: string } | undefined;
+    return !!s && s.ip === podIp(p) && s.node === (p.spec as { nodeName?: string } | undefined)?.nodeName;
+  };
 
   initialKeys(): Iterable<string> {
     return this.d.informers.services.list().map(objKey);
@@ -80,7 +97,7 @@ export class ServicesController implements Controller {
   private reconcile(key: string): void {
     const { dp, informers } = this.d;
     const svc = informers.services.get(key);
-    const want = svc ? serviceFrontends(svc, informers.pods.byIndex(Index.podsByNamespace, svc.metadata.namespace ?? 'default')) : [];
+    const want = svc ? serviceFrontends(svc, informers.pods.byIndex(Index.podsByNamespace, svc.metadata.namespace ?? 'default'), this.programmedPod) : [];
     const keep = new Set(want.map((f) => frontendId(f.key)));
     for (const k of this.programmed.get(key) ?? []) if (!keep.has(frontendId(k))) dp.deleteService(k);
     for (const f of want) dp.upsertService(f.key, f.backends);
