@@ -61,7 +61,12 @@ export function nodePinDir(lab: string, cluster: string, node: string): string {
  * Who wants an entry: the node's own cluster (`local`) or one remote cluster (`remote:<name>`).
  * One owner's changes never touch another's entries.
  */
-export type Owner = 'local' | `remote:${string}`;
+/**
+ * Who wants an entry: `local` (this cluster's own state), `remote:<cluster>` (one peer each), or
+ * `cidr` (the CIDR identities policy asks for: a prefix that is also a pod's or node's address
+ * never hides that address's own identity).
+ */
+export type Owner = 'local' | 'cidr' | `remote:${string}`;
 
 /** max_entries of each sized map, set at load. */
 export interface MapSizes {
@@ -193,13 +198,15 @@ const WRITE_ORDER: readonly MapName[] = [
 /** Below this many writes to one map in one flush, single syscalls; from it on, one batch call. */
 const BATCH_MIN = 8;
 
-const OWNER_RE = /^remote:[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
+const OWNER_RE = /^(cidr|remote:[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?)$/;
 
-/** 'local' first, then remote owners by name. */
+/** 'local' first, then remote owners by name, then 'cidr'. */
 function ownerBefore(a: Owner, b: Owner): boolean {
   if (a === b) return false;
   if (a === 'local') return true;
   if (b === 'local') return false;
+  if (a === 'cidr') return false;
+  if (b === 'cidr') return true;
   return a < b;
 }
 
@@ -1077,7 +1084,7 @@ const checkedOwners = new Set<string>(['local']);
 function checkOwner(owner: Owner): Owner {
   if (checkedOwners.has(owner)) return owner;
   if (typeof owner !== 'string' || !OWNER_RE.test(owner)) {
-    throw new ValidationError('owner', "'local' or 'remote:<cluster>'", `owner ${JSON.stringify(owner)}: must be 'local' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`);
+    throw new ValidationError('owner', "'local', 'cidr' or 'remote:<cluster>'", `owner ${JSON.stringify(owner)}: must be 'local', 'cidr' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`);
   }
   checkedOwners.add(owner);
   return owner;

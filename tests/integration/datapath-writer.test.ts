@@ -201,10 +201,10 @@ describe('Datapath writer (root, real pinned maps)', () => {
       { r1: { updated: 1, deleted: 0 }, n1: 1, r2: { updated: 1, deleted: 0 }, n2: 2, nodesC: ['10.251.0.7'] },
       {
         errors: [
-          `owner "peer-a": must be 'local' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`,
+          `owner "peer-a": must be 'local', 'cidr' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`,
           'ipcache prefix "10.2.0.1/16": host bits must be zero',
           'ipcache prefix "10.2.0.0/33": the length must be 0..32',
-          `owner "remote:": must be 'local' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`,
+          `owner "remote:": must be 'local', 'cidr' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`,
         ],
       },
     ]);

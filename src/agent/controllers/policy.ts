@@ -71,11 +71,11 @@ export class PolicyController implements Controller {
     for (const k of policy.takeDirty()) this.requeueEndpoint(k);
     const c = policy.takeCidrChanges();
     for (const [prefix, identity] of c.upsert) {
-      dp.upsertIpcache(prefix, { identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 });
+      dp.upsertIpcache(prefix, { identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 }, 'cidr');
       this.cidrs.add(prefix);
     }
     for (const prefix of c.remove) {
-      if (this.cidrs.delete(prefix)) dp.deleteIpcache(prefix);
+      if (this.cidrs.delete(prefix)) dp.deleteIpcache(prefix, 'cidr');
     }
     this.d.requestFlush();
   }
