@@ -218,6 +218,18 @@ export class Informer<T extends KubeObject = KubeObject> {
     if (!this.synced) this.settle?.reject(new OperationError(`informer ${this.resource} stopped before it synced`));
   }
 
+  /**
+   * Re-list now and watch again from that list, as after a watch error: handlers see only what
+   * differs from the cache. For benchmarks and a forced resync.
+   */
+  async resync(): Promise<void> {
+    if (this.stopped || !this.synced) return;
+    this.watch?.close();
+    this.watch = null;
+    if (this.timer) clearTimeout(this.timer);
+    await this.relist();
+  }
+
   private async relist(): Promise<void> {
     this.timer = null;
     const gen = ++this.generation;
