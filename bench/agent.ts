@@ -4,7 +4,7 @@
  * For each size it starts a real etcd on loopback (the cluster's store), fills it with synthetic
  * Nodes, Pods (spread over 100 other nodes), their MeshEndpoints and identities, and runs the real
  * agent code path — informers, controllers, the owner-scoped Datapath on real pinned maps — in a
- * worker process inside a network namespace of its own (a dummy eth0 stands in for the underlay).
+ * worker process inside a network namespace of its own (a veth eth0 stands in for the underlay).
  * The worker then measures, in rounds that alternate with a baseline measured in the same run:
  *
  *   change      a new Pod (and its MeshEndpoint) put into the store → its entry in the kernel
@@ -110,8 +110,11 @@ function pct(values: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
-async function worker(store: string, size: number, rounds: number, changes: number, storeBytesPerPod: number): Promise<WorkerResult> {
+async function worker(store: string, size: number, rounds: number, changes: number): Promise<WorkerResult> {
   const gc = (globalThis as { gc?: () => void }).gc ?? ((): void => undefined);
+  await waitForStore(store);
+  note(`   filling the store`);
+  const storeBytesPerPod = await fillStore(store, size);
   const client = new EtcdClusterClient({ endpoints: [store] });
   const dp = await Datapath.open({ pinDir: PIN_DIR, nodeIp: NODE_IP, nodeId: 1, clusterId: CLUSTER_ID, routing: 'tunnel' });
   const ipcache = dp.rawMap(MapNames.ipcache);
@@ -122,7 +125,7 @@ async function worker(store: string, size: number, rounds: number, changes: numb
     dp,
     identities,
     endpointSource: new LabEndpointSource(),
-    log: () => undefined,
+    log: process.env.BENCH_VERBOSE ? note : () => undefined,
     conntrackGcMs: 3_600_000,
     repairMs: 3_600_000,
   });
@@ -141,12 +144,15 @@ async function worker(store: string, size: number, rounds: number, changes: numb
     return r;
   };
 
+  note('   datapath open');
   gc();
   const rssBefore = process.memoryUsage().rss;
   const t0 = performance.now();
   await identities.start();
+  note('   identities started');
   await manager.start();
   const syncMs = performance.now() - t0;
+  note(`   synced in ${Math.round(syncMs)} ms (ready: ${manager.stats.ready}, errors: ${manager.stats.errors.length}${manager.stats.errors[0] ? `, first: ${manager.stats.errors[0].key}: ${manager.stats.errors[0].message}` : ''})`);
   await manager.idle();
   gc();
   await new Promise((r) => setTimeout(r, 200));
@@ -192,6 +198,7 @@ async function worker(store: string, size: number, rounds: number, changes: numb
     const cpu = process.cpuUsage(cpu0);
     return { ms, cpuUs: (cpu.user + cpu.system) / changes };
   };
+  note('   warm-up');
   await runRound(change); // warm-up
   await runRound(baselineChange);
   const agentMs: number[] = [];
@@ -239,20 +246,24 @@ async function worker(store: string, size: number, rounds: number, changes: numb
 
 // --- orchestrator ----------------------------------------------------------------------------
 
-async function startEtcd(dir: string, port: number): Promise<ChildProcess> {
-  const etcd = spawn('etcd', [
+/** etcd runs inside the bench namespace, where the worker (and so the agent) reaches it on its loopback. */
+function startEtcd(dir: string, port: number): ChildProcess {
+  return spawn('nsenter', [`--net=/run/netns/${NETNS}`, 'etcd',
     '--name', 'bench', '--data-dir', join(dir, 'etcd'),
     '--listen-client-urls', `http://127.0.0.1:${port}`, '--advertise-client-urls', `http://127.0.0.1:${port}`,
     '--listen-peer-urls', `http://127.0.0.1:${port + 1}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${port + 1}`,
     '--initial-cluster', `bench=http://127.0.0.1:${port + 1}`, '--quota-backend-bytes', String(4 * 1024 ** 3),
     '--log-level', 'error',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const client = new EtcdClusterClient({ endpoints: [`http://127.0.0.1:${port}`], timeoutMs: 1000 });
+  ], { stdio: 'ignore' });
+}
+
+async function waitForStore(store: string): Promise<void> {
+  const client = new EtcdClusterClient({ endpoints: [store], timeoutMs: 1000 });
   try {
     for (let i = 0; i < 100; i++) {
       try {
         await client.etcd.get('/x').exec();
-        return etcd;
+        return;
       } catch {
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -292,7 +303,8 @@ async function fillStore(store: string, size: number): Promise<number> {
 
 async function setupNetns(): Promise<void> {
   await execa('ip', ['netns', 'add', NETNS]);
-  await execa('ip', ['-n', NETNS, 'link', 'add', 'eth0', 'type', 'dummy']);
+  await execa('ip', ['-n', NETNS, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0p']);
+  await execa('ip', ['-n', NETNS, 'link', 'set', 'eth0p', 'up']);
   await execa('ip', ['-n', NETNS, 'addr', 'add', `${NODE_IP}/16`, 'dev', 'eth0']);
   await execa('ip', ['-n', NETNS, 'link', 'set', 'eth0', 'up']);
   await execa('ip', ['-n', NETNS, 'link', 'set', 'lo', 'up']);
@@ -313,13 +325,12 @@ async function main(): Promise<void> {
       sizes: { type: 'string', default: '1000,10000,50000' },
       rounds: { type: 'string', default: '5' },
       changes: { type: 'string', default: '40' },
-      'store-bytes': { type: 'string', default: '0' },
     },
   });
   const rounds = Number(values.rounds);
   const changes = Number(values.changes);
   if (values.worker) {
-    const r = await worker(values.store!, Number(values.size), rounds, changes, Number(values['store-bytes']));
+    const r = await worker(values.store!, Number(values.size), rounds, changes);
     process.stdout.write(`${JSON.stringify(r)}\n`);
     process.exit(0);
   }
@@ -338,13 +349,11 @@ async function main(): Promise<void> {
         const dir = mkdtempSync(join(tmpdir(), 'meshctl-bench-agent-'));
         dirs.push(dir);
         const port = 23790 + (process.pid % 100) * 2;
-        etcd = await startEtcd(dir, port);
-        const store = `http://127.0.0.1:${port}`;
-        note(`⌛ ${size} pods: filling the store`);
-        const bytes = await fillStore(store, size);
         await setupNetns();
-        note(`⌛ ${size} pods: agent sync and ${rounds} rounds of ${changes} changes`);
-        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes), '--store-bytes', String(bytes)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
+        etcd = startEtcd(dir, port);
+        const store = `http://127.0.0.1:${port}`;
+        note(`⌛ ${size} pods: store, agent sync and ${rounds} rounds of ${changes} changes`);
+        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
         if (w.exitCode !== 0) throw new Error(`worker for ${size} pods exited ${w.exitCode}`);
         results.push(JSON.parse(String(w.stdout).trim().split('\n').pop()!) as WorkerResult);
         etcd.kill('SIGKILL');

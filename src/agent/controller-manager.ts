@@ -100,7 +100,7 @@ export class ControllerManager {
 
   constructor(private readonly o: ControllerManagerOptions) {
     const cluster = o.self.cluster;
-    this.factory = new InformerFactory(o.client);
+    this.factory = new InformerFactory(o.client, { onError: (err) => this.note(`informer: ${errorMessage(err)}`) });
     const f = this.factory;
     const byIdentityLabels = (p: KubeObject): string[] => [labelsHash(podIdentityLabels(p, cluster))];
     // One validation (the schemas lab apply uses), then only the fields the controllers read.
