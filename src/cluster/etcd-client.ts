@@ -22,6 +22,29 @@ export interface EtcdClusterClientOptions {
   readonly timeoutMs?: number;
 }
 
+/** Keys per page of rangePrefix: about 1 MB of typical objects, well under gRPC's 4 MiB message limit. */
+const RANGE_PAGE = 1000;
+
+/**
+ * Every key under `prefix`, read in pages at one revision (a consistent snapshot of any size; one
+ * unpaged range of a large prefix would exceed the client's gRPC message limit).
+ */
+export async function rangePrefix(etcd: Etcd3, prefix: string, opts: { keysOnly?: boolean } = {}): Promise<{ kvs: IKeyValue[]; revision: string }> {
+  const start = Buffer.from(prefix);
+  const end = Buffer.from(start);
+  end[end.length - 1]++;
+  const kvs: IKeyValue[] = [];
+  let revision: string | undefined;
+  let from = start;
+  for (;;) {
+    const r = await etcd.kv.range({ key: from, range_end: end, limit: RANGE_PAGE, revision: revision ?? 0, keys_only: opts.keysOnly ?? false });
+    revision ??= r.header.revision;
+    for (const kv of r.kvs) kvs.push(kv);
+    if (!r.more || r.kvs.length === 0) return { kvs, revision };
+    from = Buffer.concat([r.kvs[r.kvs.length - 1].key, Buffer.from([0])]);
+  }
+}
+
 type Decoded = { ok: true; obj: KubeObject } | { ok: false; reason: string };
 
 function decode(kv: IKeyValue): Decoded {
@@ -69,7 +92,7 @@ export class EtcdClusterClient implements ClusterClient {
 
   async list(resource: string, namespace?: string): Promise<ListResult> {
     const prefix = namespace ? `/registry/${resource}/${namespace}/` : `/registry/${resource}/`;
-    const r = await this.etcd.getAll().prefix(prefix).exec();
+    const r = await rangePrefix(this.etcd, prefix);
     const items: KubeObject[] = [];
     const problems: Array<{ key: string; reason: string }> = [];
     const base = `/registry/${resource}/`.length;
@@ -79,7 +102,7 @@ export class EtcdClusterClient implements ClusterClient {
       else problems.push({ key: kv.key.toString().slice(base), reason: d.reason });
     }
     items.sort((a, b) => keyOf(resource, a).localeCompare(keyOf(resource, b)));
-    return { items, revision: r.header.revision, invalid: problems.length, problems };
+    return { items, revision: r.revision, invalid: problems.length, problems };
   }
 
   async create(resource: string, obj: KubeObject, opts: CreateOptions = {}): Promise<KubeObject> {

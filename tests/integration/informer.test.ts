@@ -317,6 +317,19 @@ describe('informer (real etcd)', () => {
     expect(errors).toEqual([`informer ${resource}: handler: boom`, `informer ${resource}: handler: boom`]);
   });
 
+  test('a list larger than one gRPC message (4 MiB) is read in pages, at one revision', async () => {
+    const big = 'x'.repeat(2500);
+    const N = 2200;
+    for (let i = 0; i < N; i += 200) {
+      await Promise.all(Array.from({ length: Math.min(200, N - i) }, (_, k) => client.put(resource, { ...pod(`p${i + k}`, 'n1', '10.0.0.1'), metadata: { name: `p${i + k}`, namespace: 'demo', annotations: { big } } })));
+    }
+    const { inf, log } = logged();
+    await inf.start();
+    expect(log).toHaveLength(N);
+    expect(inf.size).toBe(N);
+    expect(inf.stats().failures).toBe(0);
+  }, 60_000);
+
   test('factory: one informer per resource, shared; start waits for all', async () => {
     await client.put(resource, pod('a', 'n1', '10.0.0.1'));
     const f = new InformerFactory(client);
