@@ -54,11 +54,31 @@ function decode(kv: IKeyValue): Decoded {
   } catch {
     return { ok: false, reason: 'not JSON' };
   }
-  const parsed = KubeObjectSchema.safeParse(raw);
-  if (!parsed.success) return { ok: false, reason: parsed.error.issues[0]?.message ?? 'invalid' };
-  const obj = parsed.data;
+  let obj: KubeObject;
+  if (looksLikeKubeObject(raw)) {
+    obj = raw;
+  } else {
+    // The schema only to say what is wrong (it costs as much as the rest of a list).
+    const parsed = KubeObjectSchema.safeParse(raw);
+    if (!parsed.success) return { ok: false, reason: parsed.error.issues[0]?.message ?? 'invalid' };
+    obj = parsed.data;
+  }
   obj.metadata.resourceVersion = kv.mod_revision;
   return { ok: true, obj };
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isStringMap = (v: unknown): boolean => v === undefined || (isRecord(v) && Object.values(v).every((x) => typeof x === 'string'));
+const isOptString = (v: unknown): boolean => v === undefined || typeof v === 'string';
+
+/** The checks of KubeObjectSchema, without its copy of every object. */
+function looksLikeKubeObject(raw: unknown): raw is KubeObject {
+  if (!isRecord(raw) || typeof raw.apiVersion !== 'string' || typeof raw.kind !== 'string' || !isRecord(raw.metadata)) return false;
+  const m = raw.metadata;
+  if (typeof m.name !== 'string' || !isOptString(m.namespace) || !isOptString(m.uid) || !isOptString(m.resourceVersion) || !isOptString(m.creationTimestamp)) return false;
+  if (!isStringMap(m.labels) || !isStringMap(m.annotations)) return false;
+  const owners = m.ownerReferences;
+  return owners === undefined || (Array.isArray(owners) && owners.every((o) => isRecord(o) && typeof o.kind === 'string' && typeof o.name === 'string'));
 }
 
 function encode(obj: KubeObject): string {

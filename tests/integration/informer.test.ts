@@ -277,14 +277,21 @@ describe('informer (real etcd)', () => {
     await client.put(resource, pod('a', 'n1', '10.0.0.1'));
     await client.etcd.put(`/registry/${resource}/demo/junk`).value('{not json');
     await client.put(resource, pod('nonode', '', '10.0.0.2'));
+    await client.etcd.put(`/registry/${resource}/demo/numlabel`).value(JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'numlabel', namespace: 'demo', labels: { a: 1 } } }));
+    await client.etcd.put(`/registry/${resource}/demo/noname`).value(JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { namespace: 'demo' } }));
     const parse = (o: KubeObject): KubeObject | Error => ((o.spec as { nodeName?: string }).nodeName ? o : new Error('spec.nodeName: required'));
     const { inf, log } = logged(client, { parse });
     await inf.start();
     expect(log).toEqual(['add demo/a@n1']);
     expect([...inf.invalid()].sort()).toEqual([
       ['demo/junk', 'not JSON'],
+      ['demo/noname', 'Required'],
       ['demo/nonode', 'spec.nodeName: required'],
+      ['demo/numlabel', 'Expected string, received number'],
     ]);
+    await client.etcd.delete().key(`/registry/${resource}/demo/numlabel`).exec();
+    await client.etcd.delete().key(`/registry/${resource}/demo/noname`).exec();
+    await until('the deletes of invalid keys', () => inf.invalid().size === 2);
 
     await client.put(resource, pod('a', '', '10.0.0.1'));
     await until('a to turn invalid', () => inf.invalid().has('demo/a'));
