@@ -18,7 +18,7 @@ import { wrap } from '../util/errors.js';
 export interface EtcdClusterClientOptions {
   /** Store URLs, e.g. http://198.18.7.10:2379. */
   readonly endpoints: readonly string[];
-  /** Per-call timeout in ms; default 5000. */
+  /** Per-call timeout in ms (not for watches and lease keep-alives); default 5000. */
   readonly timeoutMs?: number;
 }
 
@@ -98,7 +98,8 @@ export class EtcdClusterClient implements ClusterClient {
       // callers retry; reconnect fast after a store restart.
       faultHandling: { host: () => noop, global: noop, watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2000 }) as unknown as IBackoff<unknown> },
       grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
-      defaultCallOptions: () => ({ deadline: Date.now() + (opts.timeoutMs ?? 5000) }),
+      // Per call, never on streams: a deadline would end every watch and lease keep-alive with it.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + (opts.timeoutMs ?? 5000) }),
     });
   }
 

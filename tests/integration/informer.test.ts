@@ -5,7 +5,8 @@
  */
 import type { ClusterClient, Watch } from '../../src/cluster/client.js';
 import { ExpiredError } from '../../src/cluster/client.js';
-import type { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
 import { indexers, Informer, InformerFactory, keyOf, labelIndexValue } from '../../src/cluster/informer.js';
 import type { KubeObject } from '../../src/cluster/types.js';
 import { TestEtcd, until } from '../helpers/etcd.js';
@@ -125,6 +126,20 @@ describe('informer (real etcd)', () => {
     expect(inf.list().map(keyOf).sort()).toEqual(['demo/a', 'demo/b']);
     expect(inf.get('demo/a')?.metadata.resourceVersion).toBe((await client.get(resource, 'demo', 'a'))?.metadata.resourceVersion);
     expect(inf.stats().lists).toBe(1);
+  });
+
+  test('a watch outlives the client call timeout: no re-list while nothing fails', async () => {
+    const short = new EtcdClusterClient({ endpoints: [store.endpoint], timeoutMs: 300 });
+    try {
+      const { inf, log } = logged(short);
+      await inf.start();
+      await sleep(1200);
+      await client.put(resource, pod('late', 'n1', '10.0.0.1'));
+      await until('the late add', () => log.length === 1);
+      expect(inf.stats()).toMatchObject({ lists: 1, failures: 0, expired: 0 });
+    } finally {
+      await short.close();
+    }
   });
 
   test('no gap between list and watch: changes made right after the list arrive through the watch', async () => {
