@@ -18,8 +18,31 @@ import { wrap } from '../util/errors.js';
 export interface EtcdClusterClientOptions {
   /** Store URLs, e.g. http://198.18.7.10:2379. */
   readonly endpoints: readonly string[];
-  /** Per-call timeout in ms; default 5000. */
+  /** Per-call timeout in ms (not for watches and lease keep-alives); default 5000. */
   readonly timeoutMs?: number;
+}
+
+/** Keys per page of rangePrefix: about 1 MB of typical objects, well under gRPC's 4 MiB message limit. */
+const RANGE_PAGE = 1000;
+
+/**
+ * Every key under `prefix`, read in pages at one revision (a consistent snapshot of any size; one
+ * unpaged range of a large prefix would exceed the client's gRPC message limit).
+ */
+export async function rangePrefix(etcd: Etcd3, prefix: string, opts: { keysOnly?: boolean } = {}): Promise<{ kvs: IKeyValue[]; revision: string }> {
+  const start = Buffer.from(prefix);
+  const end = Buffer.from(start);
+  end[end.length - 1]++;
+  const kvs: IKeyValue[] = [];
+  let revision: string | undefined;
+  let from = start;
+  for (;;) {
+    const r = await etcd.kv.range({ key: from, range_end: end, limit: RANGE_PAGE, revision: revision ?? 0, keys_only: opts.keysOnly ?? false });
+    revision ??= r.header.revision;
+    for (const kv of r.kvs) kvs.push(kv);
+    if (!r.more || r.kvs.length === 0) return { kvs, revision };
+    from = Buffer.concat([r.kvs[r.kvs.length - 1].key, Buffer.from([0])]);
+  }
 }
 
 type Decoded = { ok: true; obj: KubeObject } | { ok: false; reason: string };
@@ -31,11 +54,31 @@ function decode(kv: IKeyValue): Decoded {
   } catch {
     return { ok: false, reason: 'not JSON' };
   }
-  const parsed = KubeObjectSchema.safeParse(raw);
-  if (!parsed.success) return { ok: false, reason: parsed.error.issues[0]?.message ?? 'invalid' };
-  const obj = parsed.data;
+  let obj: KubeObject;
+  if (looksLikeKubeObject(raw)) {
+    obj = raw;
+  } else {
+    // The schema only to say what is wrong (it costs as much as the rest of a list).
+    const parsed = KubeObjectSchema.safeParse(raw);
+    if (!parsed.success) return { ok: false, reason: parsed.error.issues[0]?.message ?? 'invalid' };
+    obj = parsed.data;
+  }
   obj.metadata.resourceVersion = kv.mod_revision;
   return { ok: true, obj };
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isStringMap = (v: unknown): boolean => v === undefined || (isRecord(v) && Object.values(v).every((x) => typeof x === 'string'));
+const isOptString = (v: unknown): boolean => v === undefined || typeof v === 'string';
+
+/** The checks of KubeObjectSchema, without its copy of every object. */
+function looksLikeKubeObject(raw: unknown): raw is KubeObject {
+  if (!isRecord(raw) || typeof raw.apiVersion !== 'string' || typeof raw.kind !== 'string' || !isRecord(raw.metadata)) return false;
+  const m = raw.metadata;
+  if (typeof m.name !== 'string' || !isOptString(m.namespace) || !isOptString(m.uid) || !isOptString(m.resourceVersion) || !isOptString(m.creationTimestamp)) return false;
+  if (!isStringMap(m.labels) || !isStringMap(m.annotations)) return false;
+  const owners = m.ownerReferences;
+  return owners === undefined || (Array.isArray(owners) && owners.every((o) => isRecord(o) && typeof o.kind === 'string' && typeof o.name === 'string'));
 }
 
 function encode(obj: KubeObject): string {
@@ -55,7 +98,8 @@ export class EtcdClusterClient implements ClusterClient {
       // callers retry; reconnect fast after a store restart.
       faultHandling: { host: () => noop, global: noop, watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2000 }) as unknown as IBackoff<unknown> },
       grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
-      defaultCallOptions: () => ({ deadline: Date.now() + (opts.timeoutMs ?? 5000) }),
+      // Per call, never on streams: a deadline would end every watch and lease keep-alive with it.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + (opts.timeoutMs ?? 5000) }),
     });
   }
 
@@ -69,7 +113,7 @@ export class EtcdClusterClient implements ClusterClient {
 
   async list(resource: string, namespace?: string): Promise<ListResult> {
     const prefix = namespace ? `/registry/${resource}/${namespace}/` : `/registry/${resource}/`;
-    const r = await this.etcd.getAll().prefix(prefix).exec();
+    const r = await rangePrefix(this.etcd, prefix);
     const items: KubeObject[] = [];
     const problems: Array<{ key: string; reason: string }> = [];
     const base = `/registry/${resource}/`.length;
@@ -79,7 +123,7 @@ export class EtcdClusterClient implements ClusterClient {
       else problems.push({ key: kv.key.toString().slice(base), reason: d.reason });
     }
     items.sort((a, b) => keyOf(resource, a).localeCompare(keyOf(resource, b)));
-    return { items, revision: r.header.revision, invalid: problems.length, problems };
+    return { items, revision: r.revision, invalid: problems.length, problems };
   }
 
   async create(resource: string, obj: KubeObject, opts: CreateOptions = {}): Promise<KubeObject> {

@@ -21,7 +21,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { IKeyValue, Lease } from 'etcd3';
-import type { EtcdClusterClient } from './etcd-client.js';
+import { rangePrefix, type EtcdClusterClient } from './etcd-client.js';
 import type { KubeObject } from './types.js';
 import {
   checkClusterId,
@@ -152,8 +152,8 @@ async function allocateInStore(store: IdentityStore, clusterId: number, labels: 
  */
 async function pickFreeIdentity(store: IdentityStore, clusterId: number): Promise<number> {
   const used = new Set<number>();
-  for (const k of await store.etcd.getAll().prefix(BY_ID_PREFIX).keys()) {
-    const n = Number(k.slice(BY_ID_PREFIX.length));
+  for (const kv of (await rangePrefix(store.etcd, BY_ID_PREFIX, { keysOnly: true })).kvs) {
+    const n = Number(kv.key.toString().slice(BY_ID_PREFIX.length));
     if (Number.isInteger(n) && identityClusterId(n) === clusterId) used.add(n & 0xffff);
   }
   const free: number[] = [];
@@ -416,7 +416,7 @@ export class EtcdIdentityAllocator implements IdentityAllocator {
     const etcd = this.store.etcd;
     const leaderValue = this.leaderValue();
     const now = performance.now();
-    const r = await etcd.getAll().prefix(BY_ID_PREFIX).exec();
+    const r = await rangePrefix(etcd, BY_ID_PREFIX);
     const records: IdentityRecord[] = [];
     let invalid = 0;
     for (const kv of r.kvs) {
@@ -458,7 +458,7 @@ export class EtcdIdentityAllocator implements IdentityAllocator {
     // by-labels entries whose record is gone (a half-written store, a manual delete): allocation only
     // ever writes both keys together, so an entry with no record is never about to gain one.
     let orphans = 0;
-    const refs = await etcd.getAll().prefix(BY_LABELS_PREFIX).exec();
+    const refs = await rangePrefix(etcd, BY_LABELS_PREFIX);
     for (const ref of refs.kvs) {
       const id = decodeIdRef(ref);
       if (id !== undefined && live.has(id)) continue;
@@ -530,7 +530,7 @@ export interface IdentityList {
 
 /** Every valid identity record in the store. Corrupt records are skipped and counted, never fatal. */
 export async function listIdentities(store: IdentityStore): Promise<IdentityList> {
-  const r = await store.etcd.getAll().prefix(BY_ID_PREFIX).exec();
+  const r = await rangePrefix(store.etcd, BY_ID_PREFIX);
   const records: IdentityRecord[] = [];
   const problems: string[] = [];
   for (const kv of r.kvs) {
@@ -539,7 +539,7 @@ export async function listIdentities(store: IdentityStore): Promise<IdentityList
     else records.push(rec);
   }
   records.sort((a, b) => a.id - b.id);
-  return { identities: new Map(records.map((x) => [x.id, x.labels])), records, invalid: problems.length, problems, revision: r.header.revision };
+  return { identities: new Map(records.map((x) => [x.id, x.labels])), records, invalid: problems.length, problems, revision: r.revision };
 }
 
 /**
@@ -547,7 +547,7 @@ export async function listIdentities(store: IdentityStore): Promise<IdentityList
  * consistency checks; the allocator never needs it).
  */
 export async function listIdentityIndex(store: IdentityStore): Promise<Map<string, number>> {
-  const r = await store.etcd.getAll().prefix(BY_LABELS_PREFIX).exec();
+  const r = await rangePrefix(store.etcd, BY_LABELS_PREFIX);
   const out = new Map<string, number>();
   for (const kv of r.kvs) {
     const id = decodeIdRef(kv);
@@ -605,7 +605,7 @@ export async function releaseUnusedIdentities(store: IdentityStore, inUse: Reado
     else kept++;
   }
   let orphans = 0;
-  const refs = await etcd.getAll().prefix(BY_LABELS_PREFIX).exec();
+  const refs = await rangePrefix(etcd, BY_LABELS_PREFIX);
   for (const ref of refs.kvs) {
     const id = decodeIdRef(ref);
     if (id !== undefined && list.identities.has(id)) continue;

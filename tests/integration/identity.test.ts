@@ -4,6 +4,7 @@
  * keeping its number, and a stress test of two agents racing), plus the one-shot functions the
  * current reconciler uses: concurrent allocation, release with a grace period, corrupt values.
  */
+import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
 import { LABEL_CLUSTER, LABEL_NAMESPACE } from '../../src/defaults.js';
@@ -102,19 +103,27 @@ describe('identity allocator (real etcd)', () => {
     }
   });
 
-  test('one collector at a time: it holds the GC lease, another takes over when it stops or lapses', async () => {
-    const crashClient = store.client();
+  test('one collector at a time: it holds the GC lease, another takes over when it stops or dies', async () => {
+    // The first collector is another process, killed with SIGKILL: its lease must lapse by itself.
+    const script = `
+      const { EtcdClusterClient } = await import(${JSON.stringify(new URL('../../src/cluster/etcd-client.js', import.meta.url).href)});
+      const { EtcdIdentityAllocator } = await import(${JSON.stringify(new URL('../../src/cluster/identity-etcd.js', import.meta.url).href)});
+      const a = new EtcdIdentityAllocator(new EtcdClusterClient({ endpoints: [process.env.STORE] }), { clusterId: ${CLUSTER_ID}, holder: 'n1', touchIntervalMs: 100, graceMs: 300, gcIntervalMs: 100, gcLeaseTtlSeconds: 2 });
+      await a.start();
+      console.log(a.isCollector() ? 'collector' : 'not collector');
+      setInterval(() => undefined, 1000);`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, STORE: store.endpoint }, stdio: ['ignore', 'pipe', 'inherit'] });
     try {
-      const a = allocator(crashClient, 'n1', { gcIntervalMs: 100 });
+      const first = await new Promise<string>((resolve) => child.stdout!.once('data', (b: Buffer) => resolve(b.toString().trim())));
+      expect(first).toBe('collector');
       const b = allocator(clients[1], 'n2', { gcIntervalMs: 100 });
       const c = allocator(clients[2], 'n3', { gcIntervalMs: 100 });
-      await a.start();
       await b.start();
       await c.start();
-      expect([a.isCollector(), b.isCollector(), c.isCollector()]).toEqual([true, false, false]);
+      await sleep(3000); // longer than the lease TTL: the live collector keeps it
+      expect([b.isCollector(), c.isCollector()]).toEqual([false, false]);
       expect(await clients[0].etcd.get('/registry/meshctl/identities/gc-leader').string()).toMatch(/^n1 /);
-      // The collector's process dies: its lease lapses after its TTL and one other takes over.
-      crashClient.etcd.close();
+      child.kill('SIGKILL');
       await until('a new collector', () => b.isCollector() || c.isCollector(), 15_000);
       await sleep(300);
       expect([b.isCollector(), c.isCollector()].filter(Boolean)).toHaveLength(1);
@@ -124,9 +133,9 @@ describe('identity allocator (real etcd)', () => {
       await next.stop();
       await until('the last one to collect', () => rest.isCollector(), 5_000);
     } finally {
-      await crashClient.close().catch(() => undefined);
+      child.kill('SIGKILL');
     }
-  });
+  }, 30_000);
 
   test('released only when nobody touched it for the grace period; held ones survive many', async () => {
     const gcErrors: string[] = [];
@@ -209,6 +218,8 @@ describe('identity allocator (real etcd)', () => {
     let window = 0;
     const end = Date.now() + 10_000;
     for (const a of agents) await a.start();
+    const leaderKey = '/registry/meshctl/identities/gc-leader';
+    const leaderAtStart = await clients[2].etcd.get(leaderKey).string();
 
     const nobodyHolds = (i: number) => mine.every((m) => !m.has(i));
     const releaseOne = (k: number, i: number) => {
@@ -286,6 +297,8 @@ describe('identity allocator (real etcd)', () => {
     expect(keptOnReuse).toBeGreaterThan(10);
     expect(releasedSeen).toBeGreaterThan(5);
     expect(agents.filter((a) => a.isCollector())).toHaveLength(1);
+    // One collector for the whole run: its lease (TTL 2 s) was kept alive for 10 s.
+    expect(await clients[2].etcd.get(leaderKey).string()).toBe(leaderAtStart);
     console.log(`identity stress: ${allocations} allocations, ${samples} samples, ${keptOnReuse} re-uses kept their id, ${releasedSeen} released by GC`);
   }, 30_000);
 });

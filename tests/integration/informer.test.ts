@@ -5,7 +5,8 @@
  */
 import type { ClusterClient, Watch } from '../../src/cluster/client.js';
 import { ExpiredError } from '../../src/cluster/client.js';
-import type { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
 import { indexers, Informer, InformerFactory, keyOf, labelIndexValue } from '../../src/cluster/informer.js';
 import type { KubeObject } from '../../src/cluster/types.js';
 import { TestEtcd, until } from '../helpers/etcd.js';
@@ -125,6 +126,20 @@ describe('informer (real etcd)', () => {
     expect(inf.list().map(keyOf).sort()).toEqual(['demo/a', 'demo/b']);
     expect(inf.get('demo/a')?.metadata.resourceVersion).toBe((await client.get(resource, 'demo', 'a'))?.metadata.resourceVersion);
     expect(inf.stats().lists).toBe(1);
+  });
+
+  test('a watch outlives the client call timeout: no re-list while nothing fails', async () => {
+    const short = new EtcdClusterClient({ endpoints: [store.endpoint], timeoutMs: 300 });
+    try {
+      const { inf, log } = logged(short);
+      await inf.start();
+      await sleep(1200);
+      await client.put(resource, pod('late', 'n1', '10.0.0.1'));
+      await until('the late add', () => log.length === 1);
+      expect(inf.stats()).toMatchObject({ lists: 1, failures: 0, expired: 0 });
+    } finally {
+      await short.close();
+    }
   });
 
   test('no gap between list and watch: changes made right after the list arrive through the watch', async () => {
@@ -277,14 +292,21 @@ describe('informer (real etcd)', () => {
     await client.put(resource, pod('a', 'n1', '10.0.0.1'));
     await client.etcd.put(`/registry/${resource}/demo/junk`).value('{not json');
     await client.put(resource, pod('nonode', '', '10.0.0.2'));
+    await client.etcd.put(`/registry/${resource}/demo/numlabel`).value(JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'numlabel', namespace: 'demo', labels: { a: 1 } } }));
+    await client.etcd.put(`/registry/${resource}/demo/noname`).value(JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { namespace: 'demo' } }));
     const parse = (o: KubeObject): KubeObject | Error => ((o.spec as { nodeName?: string }).nodeName ? o : new Error('spec.nodeName: required'));
     const { inf, log } = logged(client, { parse });
     await inf.start();
     expect(log).toEqual(['add demo/a@n1']);
     expect([...inf.invalid()].sort()).toEqual([
       ['demo/junk', 'not JSON'],
+      ['demo/noname', 'Required'],
       ['demo/nonode', 'spec.nodeName: required'],
+      ['demo/numlabel', 'Expected string, received number'],
     ]);
+    await client.etcd.delete().key(`/registry/${resource}/demo/numlabel`).exec();
+    await client.etcd.delete().key(`/registry/${resource}/demo/noname`).exec();
+    await until('the deletes of invalid keys', () => inf.invalid().size === 2);
 
     await client.put(resource, pod('a', '', '10.0.0.1'));
     await until('a to turn invalid', () => inf.invalid().has('demo/a'));
@@ -316,6 +338,19 @@ describe('informer (real etcd)', () => {
     expect(log).toEqual(['add demo/a@n1', 'add demo/b@n1']);
     expect(errors).toEqual([`informer ${resource}: handler: boom`, `informer ${resource}: handler: boom`]);
   });
+
+  test('a list larger than one gRPC message (4 MiB) is read in pages, at one revision', async () => {
+    const big = 'x'.repeat(2500);
+    const N = 2200;
+    for (let i = 0; i < N; i += 200) {
+      await Promise.all(Array.from({ length: Math.min(200, N - i) }, (_, k) => client.put(resource, { ...pod(`p${i + k}`, 'n1', '10.0.0.1'), metadata: { name: `p${i + k}`, namespace: 'demo', annotations: { big } } })));
+    }
+    const { inf, log } = logged();
+    await inf.start();
+    expect(log).toHaveLength(N);
+    expect(inf.size).toBe(N);
+    expect(inf.stats().failures).toBe(0);
+  }, 60_000);
 
   test('factory: one informer per resource, shared; start waits for all', async () => {
     await client.put(resource, pod('a', 'n1', '10.0.0.1'));
