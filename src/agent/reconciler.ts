@@ -17,6 +17,7 @@ import { ip } from '../util/exec.js';
 import { allocateIdentity, identitiesInUse, listIdentities, releaseUnusedIdentities } from './identity.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
 import { compilePolicies, datapathRules, type EndpointPolicy, type PolicyEndpoint } from './policy.js';
+import type { PolicyPeer } from './policy-engine.js';
 
 export interface ReconcilerOptions {
   readonly cluster: string;
@@ -172,12 +173,28 @@ export class Reconciler {
       namespace: e.pod.metadata.namespace ?? 'default',
       namedPorts: namedPorts(e.pod),
     }));
+    const epIdentity = new Map<string, number>();
+    for (const ep of meshEps.items) {
+      const s = ep.spec as { ip?: string; identity?: number };
+      if (s?.ip && typeof s.identity === 'number') epIdentity.set(s.ip, s.identity);
+    }
+    const byHash = new Map<string, number>();
+    for (const r of ids.records) byHash.set(r.labelsHash, r.id);
+    // Every pod of the cluster as a policy peer (ipBlock matching, egress named ports).
+    const peers = new Map<string, PolicyPeer>();
+    for (const pod of pods.items) {
+      const ip = (pod.status as { podIP?: string } | undefined)?.podIP;
+      if (!ip) continue;
+      const identity = local.find((x) => x.ip === ip)?.identity ?? epIdentity.get(ip) ?? byHash.get(labelsHash(podIdentityLabels(pod, o.cluster)));
+      if (identity !== undefined) peers.set(ip, { identity, namedPorts: namedPorts(pod) });
+    }
     const compiled = compilePolicies({
       clusterName: o.cluster,
       policies: [...netpols.items, ...mnps.items],
       namespaces: namespaces.items,
       identities: ids.identities,
       endpoints: policyEps,
+      peers,
     });
     this.stats.policyProblems = compiled.problems.length;
 
@@ -221,6 +238,8 @@ export class Reconciler {
     // Loop 3: the cluster view: nodes, every pod's address, services.
     this.dp.clearIpcache();
     this.dp.clearNodes();
+    // CIDR identities of ipBlock/CIDR rules first: a node's or pod's own entry of the same prefix replaces them.
+    for (const [prefix, identity] of compiled.cidrIdentities) this.dp.upsertIpcache(prefix, { identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 });
     const nodeInfo = new Map<string, { ip: string; vpc: string; podCidr: string; index: number }>();
     nodes.items.forEach((n, i) => {
       const st = n.status as { addresses?: Array<{ type: string; address: string }>; meshctl?: { vpc?: string } };
@@ -238,13 +257,6 @@ export class Reconciler {
       this.dp.upsertIpcache(`${n.ip}/32`, { identity: ReservedIdentity.remoteNode, tunnelIp: '0.0.0.0', nodeId: n.index, flags: IpcacheFlags.node });
       if (direct && n.podCidr) wantRoutes.set(n.podCidr, n.vpc === o.vpc ? n.ip : 'gateway');
     }
-    const epIdentity = new Map<string, number>();
-    for (const ep of meshEps.items) {
-      const s = ep.spec as { ip?: string; identity?: number };
-      if (s?.ip && typeof s.identity === 'number') epIdentity.set(s.ip, s.identity);
-    }
-    const byHash = new Map<string, number>();
-    for (const r of ids.records) byHash.set(r.labelsHash, r.id);
     for (const pod of pods.items) {
       const st = (pod.status ?? {}) as { podIP?: string };
       const nodeName = (pod.spec as { nodeName?: string })?.nodeName;
