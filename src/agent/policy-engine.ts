@@ -335,10 +335,16 @@ const DIRS: readonly Dir[] = ['ingress', 'egress'];
 
 /** Parse one direction; a malformed or unsupported part makes it deny-all and a `denied` problem. */
 function guarded(dir: Dir, ctx: ParseContext, problems: PolicyProblem[], key: string, fn: () => ParsedDirection | undefined): ParsedDirection | undefined {
+  const selectors = new Map(ctx.selectors);
+  const named = ctx.egressNamedPorts;
   try {
     return fn();
   } catch (err) {
     if (!(err instanceof PolicyError)) throw err;
+    // Selectors of the rules that were dropped are not used.
+    ctx.selectors.clear();
+    for (const [k, v] of selectors) ctx.selectors.set(k, v);
+    ctx.egressNamedPorts = named;
     problems.push({ policy: key, severity: 'denied', message: `${err.message}; the endpoints it selects deny all ${dir}` });
     return { enforce: true, rules: [] };
   }
