@@ -72,6 +72,7 @@ let a: Pod;
 let b: Pod;
 let o1: Pod;
 let o2: Pod;
+let objDir = '';
 
 async function sh(cmd: string, args: string[], reject = true) {
   return execa(cmd, args, { reject, timeout: 30_000, all: true });
@@ -177,7 +178,8 @@ beforeAll(async () => {
   requireRoot();
   await cleanup();
   await ensureBpffs();
-  const objs = await compilePrograms(mkdtempSync(join(tmpdir(), `${run}-obj-`)));
+  objDir = mkdtempSync(join(tmpdir(), `${run}-obj-`));
+  const objs = await compilePrograms(objDir);
   objects.push(await BpfObject.load(objs['from-container'], { pinRoot }));
   await sh('ip', ['netns', 'add', nodeNs]);
   await sh('ip', ['-n', nodeNs, 'link', 'set', 'lo', 'up']);
@@ -203,6 +205,7 @@ afterAll(async () => {
   await Promise.allSettled(children);
   for (const o of objects) o.close();
   if (process.getuid?.() === 0) await cleanup();
+  if (objDir) rmSync(objDir, { recursive: true, force: true });
 }, 60_000);
 
 describe('mesh_policy port ranges with real packets', () => {
