@@ -35,7 +35,8 @@
  * - **Fail closed**: a policy with a field the datapath cannot enforce (unsupportedPolicyField) or
  *   a malformed part selects its endpoints in that direction (both when the field has none) with no
  *   rules from it, so they deny there, and is reported as a `denied` problem. A policy whose
- *   endpoint selector itself cannot be read selects nothing (`skipped`).
+ *   endpoint selector itself cannot be read (or whose spec is no object) cannot tell its endpoints:
+ *   it selects every endpoint of its namespace, denying both directions.
  */
 import { LABEL_CLUSTER, LABEL_NAMESPACE } from '../defaults.js';
 import type { KubeObject } from '../cluster/types.js';
@@ -146,15 +147,14 @@ interface ParsedPolicy {
   /** `<Kind> <ns>/<name>`. */
   readonly key: string;
   readonly namespace: string;
-  /** null: unreadable, selects nothing. */
-  readonly endpointSelector: Selector | null;
+  readonly endpointSelector: Selector;
   readonly ingress?: ParsedDirection;
   readonly egress?: ParsedDirection;
   readonly selectors: ReadonlyMap<string, PeerSelector>;
   /** Has an egress rule with a named port (depends on peers' named ports). */
   readonly egressNamedPorts: boolean;
   readonly problems: readonly PolicyProblem[];
-  /** Parsed without a skipped or denied problem. */
+  /** Parsed without a denied problem. */
   readonly applied: boolean;
 }
 
@@ -335,10 +335,16 @@ const DIRS: readonly Dir[] = ['ingress', 'egress'];
 
 /** Parse one direction; a malformed or unsupported part makes it deny-all and a `denied` problem. */
 function guarded(dir: Dir, ctx: ParseContext, problems: PolicyProblem[], key: string, fn: () => ParsedDirection | undefined): ParsedDirection | undefined {
+  const selectors = new Map(ctx.selectors);
+  const named = ctx.egressNamedPorts;
   try {
     return fn();
   } catch (err) {
     if (!(err instanceof PolicyError)) throw err;
+    // Selectors of the rules that were dropped are not used.
+    ctx.selectors.clear();
+    for (const [k, v] of selectors) ctx.selectors.set(k, v);
+    ctx.egressNamedPorts = named;
     problems.push({ policy: key, severity: 'denied', message: `${err.message}; the endpoints it selects deny all ${dir}` });
     return { enforce: true, rules: [] };
   }
@@ -490,10 +496,12 @@ function parsePolicy(p: KubeObject, cluster: string): ParsedPolicy {
   const none = (message: string): ParsedPolicy => ({
     key,
     namespace,
-    endpointSelector: null,
+    endpointSelector: { requirements: [] },
+    ingress: { enforce: true, rules: [] },
+    egress: { enforce: true, rules: [] },
     selectors: new Map(),
     egressNamedPorts: false,
-    problems: [{ policy: key, severity: 'skipped', message }],
+    problems: [{ policy: key, severity: 'denied', message: `${message}; its endpoints cannot be told, so every endpoint of namespace ${namespace} denies all ingress and egress` }],
     applied: false,
   });
   if (typeof p.spec !== 'object' || p.spec === null || Array.isArray(p.spec)) return none('spec: must be an object');
@@ -751,17 +759,15 @@ export class PolicyEngine {
   upsertIdentity(id: number, labels: Labels): void {
     const old = this.identities.get(id);
     if (old && labelsEqual(old, labels)) return;
-    const changed = new Set<CachedSelector>();
-    if (old) {
-      removeFrom(this.identitiesByNs, old[LABEL_NAMESPACE] ?? '', id);
-      for (const s of [...(this.selectorsOfId.get(id) ?? [])]) if ((s.sel.kind === 'labels' || s.sel.kind === 'ns') && this.setMatch(s, id, false)) changed.add(s);
-    }
+    if (old) removeFrom(this.identitiesByNs, old[LABEL_NAMESPACE] ?? '', id);
     this.identities.set(id, { ...labels });
     const ns = labels[LABEL_NAMESPACE] ?? '';
     addTo(this.identitiesByNs, ns, id);
-    if (id > IDENTITY_RESERVED_MAX) {
-      for (const s of [...(this.selectorsByNs.get(ns) ?? []), ...this.selectorsAnyNs]) if (this.setMatch(s, id, this.matches(s.sel, labels))) changed.add(s);
-    }
+    const now = new Set<CachedSelector>();
+    if (id > IDENTITY_RESERVED_MAX) for (const s of [...(this.selectorsByNs.get(ns) ?? []), ...this.selectorsAnyNs]) if (this.matches(s.sel, labels)) now.add(s);
+    const changed = new Set<CachedSelector>();
+    for (const s of [...(this.selectorsOfId.get(id) ?? [])]) if ((s.sel.kind === 'labels' || s.sel.kind === 'ns') && !now.has(s) && this.setMatch(s, id, false)) changed.add(s);
+    for (const s of now) if (this.setMatch(s, id, true)) changed.add(s);
     this.selectorsChanged(changed);
   }
 
@@ -943,7 +949,7 @@ export class PolicyEngine {
     return [...seen.values()].sort((a, b) => compareStrings(a.policy, b.policy) || compareStrings(a.severity, b.severity) || compareStrings(a.message, b.message));
   }
 
-  /** Policies applied as written (no skipped or denied problem), sorted. */
+  /** Policies applied as written (no denied problem), sorted. */
   applied(): string[] {
     return [...this.policies.values()].filter((p) => p.applied).map((p) => p.key).sort(compareStrings);
   }
@@ -969,7 +975,7 @@ export class PolicyEngine {
   }
 
   private policySelects(p: ParsedPolicy, ep: PolicyEndpoint): boolean {
-    if (!p.endpointSelector || p.namespace !== ep.namespace) return false;
+    if (p.namespace !== ep.namespace) return false;
     this.evaluations++;
     return selectorMatches(p.endpointSelector, ep.labels);
   }

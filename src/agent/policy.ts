@@ -44,7 +44,7 @@
  * `fromRequires`, `toFQDNs`, `toServices`, L7 `rules`, unknown fields, ...) or malformed input
  * makes the policy select its endpoints in that direction (both for a spec-wide field) with no
  * rules, so they deny there; it is reported with severity `denied`. A policy whose endpoint
- * selector cannot be read selects nothing and is reported `skipped`.
+ * selector cannot be read denies both directions for every endpoint of its namespace.
  *
  * Protocol numbers follow the datapath's policy key: 0 = any (only with port 0), 6 TCP, 17 UDP,
  * 132 SCTP. A port with protocol ANY is expanded to TCP, UDP and SCTP entries.
@@ -114,11 +114,11 @@ export interface PolicyProblem {
   /** `NetworkPolicy <ns>/<name>` or `MeshNetworkPolicy <ns>/<name>`. */
   readonly policy: string;
   /**
-   * denied: a part could not be enforced; the endpoints it selects deny in that direction.
-   * skipped: the policy selects nothing (its endpoint selector cannot be read).
+   * denied: a part could not be enforced; the endpoints it selects deny in that direction (the
+   * message says which endpoints and directions).
    * warning: applied, but a part allows nothing or less.
    */
-  readonly severity: 'denied' | 'skipped' | 'warning';
+  readonly severity: 'denied' | 'warning';
   readonly message: string;
 }
 
@@ -127,7 +127,7 @@ export interface PolicyCompilation {
   readonly endpoints: Map<string, EndpointPolicy>;
   /** Sorted by policy, severity, then message. */
   readonly problems: PolicyProblem[];
-  /** Policies applied as written (no denied or skipped problem), sorted. */
+  /** Policies applied as written (no denied problem), sorted. */
   readonly applied: string[];
   /** CIDR prefixes the rules' CIDR identities stand for (for the ipcache), sorted. */
   readonly cidrIdentities: Map<string, number>;

@@ -1,10 +1,12 @@
 // Port ranges in mesh_policy (an LPM trie) against the real kernel: a 10,000-port range written
 // as the few aligned prefixes policyEntries() makes allows its ends and middle and denies the ports
-// just outside; a deny rule keeps winning over allows.
+// just outside; a deny rule keeps winning over allows. Then the PolicyEngine's output for an
+// ipBlock (rules + CIDR identities for the ipcache) goes through the same datapath.
 //
 //   ns a 10.210.1.2 ─ lxcpa ┐
-//                           ├ node (from-container on both lxc)
-//   ns b 10.210.1.3 ─ lxcpb ┘
+//   ns b 10.210.1.3 ─ lxcpb ┤ node (from-container on a and b; the node's stack routes the rest)
+//   ns o1 10.210.2.5 ─ lxcpo1 ┤   o1, o2: hosts outside the mesh (no endpoint, not in the ipcache
+//   ns o2 10.210.2.200 ─ lxcpo2 ┘  except through CIDR identities)
 //
 // No agent: the test loads the objects through the addon into its own pin root and writes the
 // maps directly. Needs root. Every name starts with meshtest-bpfpol-; leftovers of earlier runs
@@ -36,6 +38,10 @@ import {
   u32Key,
 } from '../../src/datapath/codecs.js';
 import { policyEntries, type PolicyRule } from '../../src/datapath/policy-keys.js';
+import { PolicyEngine } from '../../src/agent/policy-engine.js';
+import { datapathRules } from '../../src/agent/policy.js';
+import { LABEL_CLUSTER, LABEL_NAMESPACE } from '../../src/defaults.js';
+import { ipcacheInfoCodec, ipcacheKeyCodec } from '../../src/datapath/codecs.js';
 
 const PREFIX = 'meshtest-bpfpol-';
 const BPFFS = '/sys/fs/bpf';
@@ -43,6 +49,7 @@ const run = `${PREFIX}${randomBytes(3).toString('hex')}`;
 const pinRoot = join(BPFFS, run);
 const nodeNs = `${run}-node`;
 const GATEWAY = '169.254.1.1';
+const NODE_IP = '10.99.9.1';
 const ID = { a: 0x010101, b: 0x010102 };
 const FIRST = 20000;
 const LAST = 29999;
@@ -63,6 +70,9 @@ const objects: BpfObject[] = [];
 const children: ResultPromise[] = [];
 let a: Pod;
 let b: Pod;
+let o1: Pod;
+let o2: Pod;
+let objDir = '';
 
 async function sh(cmd: string, args: string[], reject = true) {
   return execa(cmd, args, { reject, timeout: 30_000, all: true });
@@ -95,6 +105,8 @@ async function addPod(name: string, ip: string, identity: number, epId: number):
   await sh('ip', ['-n', ns, 'neigh', 'add', GATEWAY, 'lladdr', l.mac, 'dev', 'eth0', 'nud', 'permanent']);
   await sh('ip', ['-n', ns, 'route', 'add', GATEWAY, 'dev', 'eth0', 'scope', 'link']);
   await sh('ip', ['-n', ns, 'route', 'add', 'default', 'via', GATEWAY, 'dev', 'eth0']);
+  // The node's stack reaches every pod and outside host through its lxc (world traffic goes there).
+  await sh('ip', ['-n', nodeNs, 'route', 'add', `${ip}/32`, 'dev', lxc, 'scope', 'link', 'src', NODE_IP]);
   return { ns, ip, lxc, epId, identity, ifindex: l.ifindex, lxcMac: l.mac, podMac: p.mac };
 }
 
@@ -136,9 +148,23 @@ setTimeout(() => { process.stdout.write('timeout'); process.exit(0); }, 1500);
 s.on('data', (x) => (d += x)); s.on('end', () => { process.stdout.write(d.trim()); process.exit(0); });
 s.on('error', (e) => { process.stdout.write('error ' + e.code); process.exit(0); });`;
 
-/** 'open' when b answered on port, else what the client saw ('timeout' for a dropped SYN). */
-async function reach(port: number): Promise<string> {
-  const r = await sh('ip', ['netns', 'exec', a.ns, process.execPath, '-e', CLIENT_JS, b.ip, String(port)], false);
+async function startServer(pod: Pod, ports: number[]): Promise<void> {
+  const server = execa('ip', ['netns', 'exec', pod.ns, process.execPath, '-e', SERVER_JS, ...ports.map(String)], { reject: false, buffer: false });
+  children.push(server);
+  await new Promise<void>((ok, fail) => {
+    const t = setTimeout(() => fail(new Error(`server in ${pod.ns} did not start`)), 10_000);
+    server.stdout!.on('data', (d: Buffer) => {
+      if (String(d).includes('ready')) {
+        clearTimeout(t);
+        ok();
+      }
+    });
+  });
+}
+
+/** 'open' when `to` (default b) answered on port, else what the client saw ('timeout' for a dropped SYN). */
+async function reach(port: number, to: Pod = b): Promise<string> {
+  const r = await sh('ip', ['netns', 'exec', a.ns, process.execPath, '-e', CLIENT_JS, to.ip, String(port)], false);
   return r.stdout === `port ${port}` ? 'open' : r.stdout;
 }
 
@@ -152,30 +178,26 @@ beforeAll(async () => {
   requireRoot();
   await cleanup();
   await ensureBpffs();
-  const objs = await compilePrograms(mkdtempSync(join(tmpdir(), `${run}-obj-`)));
+  objDir = mkdtempSync(join(tmpdir(), `${run}-obj-`));
+  const objs = await compilePrograms(objDir);
   objects.push(await BpfObject.load(objs['from-container'], { pinRoot }));
   await sh('ip', ['netns', 'add', nodeNs]);
   await sh('ip', ['-n', nodeNs, 'link', 'set', 'lo', 'up']);
+  await sh('ip', ['-n', nodeNs, 'addr', 'add', `${NODE_IP}/32`, 'dev', 'lo']);
+  await sh('ip', ['netns', 'exec', nodeNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
   a = await addPod('a', '10.210.1.2', ID.a, 11);
   b = await addPod('b', '10.210.1.3', ID.b, 12);
+  o1 = await addPod('o1', '10.210.2.5', 0, 0);
+  o2 = await addPod('o2', '10.210.2.200', 0, 0);
+  for (const o of [o1, o2]) await startServer(o, [80]);
   map(MapNames.config).update(
     u32Key.encode({ value: 0 }),
-    configCodec.encode({ nodeIp: '10.99.9.1', nodeId: 1, vxlanIfindex: 0, clusterId: 1, routingMode: RoutingMode.Tunnel, flags: ConfigFlags.noFlows, netdevIfindex: 0 }),
+    configCodec.encode({ nodeIp: NODE_IP, nodeId: 1, vxlanIfindex: 0, clusterId: 1, routingMode: RoutingMode.Tunnel, flags: ConfigFlags.noFlows, netdevIfindex: 0 }),
   );
   for (const pod of [a, b]) attachTc({ ifindex: pod.ifindex, netns: nodeNs, direction: 'ingress', program: { object: objects[0], name: ProgramNames['from-container'] } });
   writeEndpoint(a, 0);
   writeEndpoint(b, EndpointFlags.policyIngress);
-  const server = execa('ip', ['netns', 'exec', b.ns, process.execPath, '-e', SERVER_JS, ...PORTS.map(String)], { reject: false, buffer: false });
-  children.push(server);
-  await new Promise<void>((ok, fail) => {
-    const t = setTimeout(() => fail(new Error('server in b did not start')), 10_000);
-    server.stdout!.on('data', (d: Buffer) => {
-      if (String(d).includes('ready')) {
-        clearTimeout(t);
-        ok();
-      }
-    });
-  });
+  await startServer(b, [...PORTS, 80]);
 }, 120_000);
 
 afterAll(async () => {
@@ -183,6 +205,7 @@ afterAll(async () => {
   await Promise.allSettled(children);
   for (const o of objects) o.close();
   if (process.getuid?.() === 0) await cleanup();
+  if (objDir) rmSync(objDir, { recursive: true, force: true });
 }, 60_000);
 
 describe('mesh_policy port ranges with real packets', () => {
@@ -227,5 +250,49 @@ describe('mesh_policy port ranges with real packets', () => {
     // L3-only allow for a: everything open again.
     setIngressRules([{ identity: ID.a, port: 0, proto: 0 }]);
     expect(await reachAll()).toEqual(Object.fromEntries(PORTS.map((p) => [p, 'open'])));
+  });
+});
+
+describe('PolicyEngine output through the datapath: ipBlock with except', () => {
+  const labels = (pod: string) => ({ pod, [LABEL_NAMESPACE]: 'x', [LABEL_CLUSTER]: 'c1' });
+  const ipcache = () => map(MapNames.ipcache);
+
+  /** Program a's egress and the ipcache from a fresh engine holding `egress` as a's NetworkPolicy. */
+  function program(egress: unknown[]): void {
+    const engine = new PolicyEngine({ clusterName: 'c1' });
+    for (const [pod, p] of [['a', a], ['b', b]] as const) {
+      engine.upsertIdentity(p.identity, labels(pod));
+      engine.upsertPeer(p.ip, { identity: p.identity, namedPorts: {} });
+    }
+    engine.upsertEndpoint({ id: 'x/a', identity: a.identity, labels: labels('a'), namespace: 'x' });
+    engine.upsertPolicy({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'p', namespace: 'x' }, spec: { podSelector: { matchLabels: { pod: 'a' } }, policyTypes: ['Egress'], egress } });
+    const pol = engine.endpointPolicy('x/a');
+    const m = map(MapNames.policy);
+    for (const k of m.keys()) m.delete(k);
+    for (const e of policyEntries(a.epId, Direction.Egress, datapathRules(pol.egress.rules))) m.update(e.key, e.value);
+    for (const k of ipcache().keys()) ipcache().delete(k);
+    const put = (prefix: string, identity: number) => {
+      const [ip, len] = prefix.split('/');
+      ipcache().update(ipcacheKeyCodec.encode({ prefixLen: Number(len), clusterId: CLUSTER_ANY, ip }), ipcacheInfoCodec.encode({ identity, tunnelIp: '0.0.0.0', nodeId: 0, flags: 0 }));
+    };
+    // CIDR identities first, then the pods' own /32 entries (which win over a CIDR of the same prefix).
+    for (const [prefix, id] of engine.takeCidrChanges().upsert) put(prefix, id);
+    for (const p of [a, b]) put(`${p.ip}/32`, p.identity);
+    writeEndpoint(a, pol.egress.enforced ? EndpointFlags.policyEgress : 0);
+  }
+
+  afterAll(() => {
+    writeEndpoint(a, 0);
+  });
+
+  test('10.210.2.0/24 except 10.210.2.128/25: o1 inside yes, o2 in the except no, pod b outside no', async () => {
+    writeEndpoint(b, 0);
+    program([{ to: [{ ipBlock: { cidr: '10.210.2.0/24', except: ['10.210.2.128/25'] } }] }]);
+    expect({ o1: await reach(80, o1), o2: await reach(80, o2), b: await reach(80, b) }).toEqual({ o1: 'open', o2: 'timeout', b: 'timeout' });
+  });
+
+  test('10.210.1.0/24 (the pods): pod b is admitted by its own identity, the outside hosts are not', async () => {
+    program([{ to: [{ ipBlock: { cidr: '10.210.1.0/24' } }] }]);
+    expect({ o1: await reach(80, o1), o2: await reach(80, o2), b: await reach(80, b) }).toEqual({ o1: 'timeout', o2: 'timeout', b: 'open' });
   });
 });

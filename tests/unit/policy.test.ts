@@ -223,7 +223,7 @@ const cases: Case[] = [
 describe('compilePolicies', () => {
   test.each(cases.map((c) => [c.name, c] as const))('%s', (_name, c) => {
     const r = compile(c.policies);
-    expect(r.problems.filter((p) => p.severity === 'skipped')).toEqual([]);
+    expect(r.problems.filter((p) => p.severity === 'denied')).toEqual([]);
     expect(view(r.endpoints.get(c.endpoint))).toEqual(c.want);
   });
 
@@ -232,10 +232,12 @@ describe('compilePolicies', () => {
   });
 
   const denyIn = '; the endpoints it selects deny all ingress';
+  const denyNs = '; its endpoints cannot be told, so every endpoint of namespace demo denies all ingress and egress';
   test.each([
-    ['bad selector operator', np('bad', { podSelector: { matchExpressions: [{ key: 'app', operator: 'Is' }] } }), 'skipped', 'spec.podSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist', 'allow', 'allow'],
-    ['missing podSelector', np('bad', { ingress: [{}] }), 'skipped', 'spec.podSelector: required', 'allow', 'allow'],
-    ['spec not an object', np('bad', 'nope'), 'skipped', 'spec: must be an object', 'allow', 'allow'],
+    ['bad selector operator', np('bad', { podSelector: { matchExpressions: [{ key: 'app', operator: 'Is' }] } }), 'denied', `spec.podSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist${denyNs}`, 'deny', 'deny'],
+    ['unreadable selector field', np('bad', { podSelector: { app: 'server' }, ingress: [{}] }), 'denied', `spec.podSelector.app: unknown selector field${denyNs}`, 'deny', 'deny'],
+    ['missing podSelector', np('bad', { ingress: [{}] }), 'denied', `spec.podSelector: required${denyNs}`, 'deny', 'deny'],
+    ['spec not an object', np('bad', 'nope'), 'denied', `spec: must be an object${denyNs}`, 'deny', 'deny'],
     ['In without values', np('bad', { podSelector: {}, ingress: [{ from: [{ podSelector: { matchExpressions: [{ key: 'app', operator: 'In' }] } }] }] }), 'denied', `spec.ingress[0].from[0].podSelector.matchExpressions[0].values: In needs at least one value${denyIn}`, 'deny', 'allow'],
     ['port out of range', np('bad', { podSelector: {}, ingress: [{ ports: [{ port: 70000 }] }] }), 'denied', `spec.ingress[0].ports[0].port: port must be 1..65535${denyIn}`, 'deny', 'allow'],
     ['unknown protocol', np('bad', { podSelector: {}, ingress: [{ ports: [{ port: 80, protocol: 'ICMP' }] }] }), 'denied', `spec.ingress[0].ports[0].protocol: protocol must be TCP, UDP, SCTP or ANY${denyIn}`, 'deny', 'allow'],
