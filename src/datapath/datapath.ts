@@ -43,7 +43,7 @@ import {
   type ServiceKey,
 } from './codecs.js';
 import { compileBpf } from './compile.js';
-import { bytesOf, latin1, layoutEncoder, parseIpv4, structEncoder, type Encoder } from './encoders.js';
+import { bytesOf, latin1, layoutEncoder, parseIpv4, prefixKeyEncoder, structEncoder, type Encoder } from './encoders.js';
 import { BpfError } from './errors.js';
 import { policyEntries, type PolicyRule } from './policy-keys.js';
 
@@ -236,6 +236,7 @@ class MapState {
   readonly entries = new Map<string, Entry>();
   pending: Entry[] = [];
   readonly remoteKeys = new Map<Owner, Set<string>>();
+  private deadCount = 0;
 
   constructor(
     readonly name: MapName,
@@ -289,7 +290,10 @@ class MapState {
 
   unwant(owner: Owner, key: string): void {
     const e = this.entries.get(key);
-    if (e === undefined) return;
+    if (e !== undefined) this.release(e, owner);
+  }
+
+  private release(e: Entry, owner: Owner): void {
     if (e.owner === owner) {
       const next = e.rest?.shift();
       if (next) {
@@ -300,19 +304,30 @@ class MapState {
         e.owner = undefined;
         e.value = undefined;
       }
-      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(key);
+      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(e.key);
       this.mark(e);
     } else if (e.rest) {
       const i = e.rest.findIndex((c) => c.owner === owner);
       if (i < 0) return;
       e.rest.splice(i, 1);
       if (e.rest.length === 0) e.rest = undefined;
-      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(key);
+      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(e.key);
     } else if (e.owner === undefined && e.adopted) {
       // Found at open and never claimed: an owner says it is gone, so it goes.
       e.adopted = false;
       this.mark(e);
     }
+  }
+
+  /**
+   * An entry nobody wants and the kernel does not hold stays in `entries` (a key that comes back
+   * reuses it, and mass removals do not rehash the map entry by entry); they are swept once they
+   * outnumber the live ones.
+   */
+  dead(): void {
+    if (++this.deadCount < 4096 || this.deadCount * 2 < this.entries.size) return;
+    for (const [k, e] of this.entries) if (e.owner === undefined && e.realized === undefined && !e.pending && !e.adopted) this.entries.delete(k);
+    this.deadCount = 0;
   }
 
   private index(owner: Owner, key: string): void {
@@ -333,7 +348,11 @@ class MapState {
   }
 
   clearOwner(owner: Owner): void {
-    for (const k of this.keysOf(owner)) this.unwant(owner, k);
+    if (owner === 'local') {
+      for (const e of this.entries.values()) if (e.owner === 'local' || e.rest !== undefined) this.release(e, owner);
+    } else {
+      for (const k of this.keysOf(owner)) this.unwant(owner, k);
+    }
     this.remoteKeys.delete(owner);
   }
 
@@ -349,7 +368,7 @@ class MapState {
       const have = e.realized;
       if (want === undefined) {
         if (have !== undefined) dels.push(e);
-        else if (!e.adopted) this.entries.delete(e.key);
+        else if (!e.adopted) this.dead();
       } else if (have === undefined || (want !== have && !this.same(want, have))) {
         ups.push(e);
       }
@@ -978,7 +997,7 @@ export class Datapath {
   private realizeDelete(st: MapState, e: Entry): void {
     if (st.name === MapNames.services && e.realized !== undefined) this.realizedIds.delete(serviceInfoCodec.decode(buf(e.realized)).revNatId);
     e.realized = undefined;
-    if (e.owner === undefined && !e.pending) st.entries.delete(e.key);
+    if (e.owner === undefined && !e.pending) st.dead();
     this.writes.deletes++;
     this.opts.trace?.({ op: 'delete', map: st.name, key: buf(e.key) });
   }
@@ -1112,12 +1131,16 @@ const ipcacheKeyEncoder: Encoder<RawIpcacheKey> = layoutEncoder<RawIpcacheKey>(
   { prefixlen: IPCACHE_PREFIX_BASE + 24, clusterId: 7, ip: '10.1.2.0' },
 );
 
+/** The hot path's form of it (cluster id 0, address read in place); null when the layout is not that shape. */
+const ipcacheKeyFast = prefixKeyEncoder(ipcacheKeyCodec.layout, 'prefixlen', 'ip', (raw, ip) =>
+  ipcacheKeyCodec.encode({ prefixLen: raw - IPCACHE_PREFIX_BASE, clusterId: 0, ip }),
+);
+
 function ipcacheKey(prefix: string): string {
   const slash = prefix.indexOf('/');
+  const end = slash < 0 ? prefix.length : slash;
   let len = 32;
-  let addr = prefix;
   if (slash >= 0) {
-    addr = prefix.slice(0, slash);
     const digits = prefix.length - slash - 1;
     const d0 = prefix.charCodeAt(slash + 1) - 48;
     const d1 = digits === 2 ? prefix.charCodeAt(slash + 2) - 48 : 0;
@@ -1127,9 +1150,10 @@ function ipcacheKey(prefix: string): string {
     }
   }
   if (len < 32) {
-    const n = parseIpv4(addr);
+    const n = parseIpv4(prefix, 0, end);
     const host = len === 0 ? 0xffffffff : 0xffffffff >>> len;
     if ((n & host) >>> 0 !== 0) throw new ValidationError('prefix', 'host bits zero', `ipcache prefix ${JSON.stringify(prefix)}: host bits must be zero`);
   }
-  return ipcacheKeyEncoder({ prefixlen: len + IPCACHE_PREFIX_BASE, clusterId: 0, ip: addr });
+  if (ipcacheKeyFast !== null) return ipcacheKeyFast(len + IPCACHE_PREFIX_BASE, prefix, 0, end);
+  return ipcacheKeyEncoder({ prefixlen: len + IPCACHE_PREFIX_BASE, clusterId: 0, ip: prefix.slice(0, end) });
 }
