@@ -288,6 +288,38 @@ describe('Datapath writer (root, real pinned maps)', () => {
     expect(res).toEqual({ counters: true, same: { updated: 0, deleted: 0 }, repaired: { updated: 0, deleted: 0 }, kept: true, changed: { updated: 1, deleted: 0 } });
   }, 60_000);
 
+  test('a write that fails (a full map) is reported with its key, the other maps are still written, and it is retried', async () => {
+    const res = await inNode<Record<string, unknown>>(
+      pinDir('full'),
+      `const dp = await open({ sizes: { nodes: 4 } });
+       const nodeIp = (i) => '10.251.1.' + i;
+       for (let i = 1; i <= 6; i++) dp.upsertNode(nodeIp(i), { nodeId: i, clusterId: 1, flags: 0 });
+       dp.upsertIpcache('10.66.0.1', ipInfo(65541));
+       dp.upsertEndpoint('10.64.0.9', ep(9, '10.64.0.9', 0));
+       const first = dp.flush();
+       const failed = (first.errors ?? []).map((e) => ({ map: e.map, op: e.op, ip: c.nodeKeyCodec.decode(e.key).ip, code: e.error.code }));
+       const written = { ipcache: identityOf(dp, '10.66.0.1'), nodes: dp.rawMap(c.MapNames.nodes).keys().length, endpoint: dp.rawMap(c.MapNames.endpoints).keys().length };
+       dp.deleteNode(nodeIp(1));
+       dp.deleteNode(nodeIp(2));
+       const second = dp.flush(); // upserts come before deletes: the retries still find the map full
+       const third = dp.flush();
+       const nodes = dp.rawMap(c.MapNames.nodes).keys().map((k) => c.nodeKeyCodec.decode(k).ip).sort();
+       dp.close();
+       return { first: { updated: first.updated, deleted: first.deleted }, failed, written, second: { updated: second.updated, deleted: second.deleted, errors: second.errors?.length ?? 0 }, third, nodes };`,
+    );
+    expect(res).toEqual({
+      first: { updated: 6, deleted: 0 },
+      failed: [
+        { map: 'mesh_nodes', op: 'update', ip: '10.251.1.5', code: 'E2BIG' },
+        { map: 'mesh_nodes', op: 'update', ip: '10.251.1.6', code: 'E2BIG' },
+      ],
+      written: { ipcache: 65541, nodes: 4, endpoint: 1 },
+      second: { updated: 0, deleted: 2, errors: 2 },
+      third: { updated: 2, deleted: 0 },
+      nodes: ['10.251.1.3', '10.251.1.4', '10.251.1.5', '10.251.1.6'],
+    });
+  }, 60_000);
+
   test('an ipcache pinned at 65536 entries, reopened at 524288, is migrated with its entries and the programs move to it', async () => {
     const dir = pinDir('migrate');
     const before = await inNode<{ id: number; max: number; prog: number }>(
