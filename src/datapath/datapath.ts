@@ -519,7 +519,9 @@ export class Datapath {
           this.objects.push(await BpfObject.load(objs[s], { pinRoot: this.opts.pinDir, maxEntries }));
           break;
         } catch (err) {
-          const name = err instanceof BpfError && err.op === 'load' ? (err.map as MapName | undefined) : undefined;
+          // Only a pinned map that libbpf refused to reuse is migrated; any other failure stands.
+          const refused = err instanceof BpfError && err.op === 'load' && (err.libbpfLog ?? '').includes("couldn't reuse pinned map");
+          const name = refused ? ((err as BpfError).map as MapName | undefined) : undefined;
           if (!name || attempt > SIZED_MAPS.length || old.some((o) => o.name === name)) throw err;
           const pin = join(this.opts.pinDir, name);
           let m: BpfMap;
@@ -769,7 +771,16 @@ export class Datapath {
   private dropService(sk: string): void {
     const svc = this.services_.get(sk);
     this.state(MapNames.services).unwant('local', sk);
-    if (!svc) return;
+    if (!svc) {
+      // Only found at open: its slots and rev-NAT entry go with it.
+      const realized = this.state(MapNames.services).entries.get(sk)?.realized;
+      if (realized === undefined) return;
+      const info = serviceInfoCodec.decode(buf(realized));
+      for (let slot = 1; slot <= info.count; slot++) this.state(MapNames.backends).unwant('local', enc.backendKey({ revNatId: info.revNatId, slot }));
+      this.state(MapNames.revnat).unwant('local', enc.revNatKey({ revNatId: info.revNatId }));
+      this.slotHints.delete(sk);
+      return;
+    }
     const be = this.state(MapNames.backends);
     for (let i = 0; i < svc.slots.length; i++) be.unwant('local', enc.backendKey({ revNatId: svc.id, slot: i + 1 }));
     this.state(MapNames.revnat).unwant('local', enc.revNatKey({ revNatId: svc.id }));

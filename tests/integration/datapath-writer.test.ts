@@ -153,6 +153,18 @@ describe('Datapath writer (root, real pinned maps)', () => {
        return { r, kept, r2, gone };`,
     );
     expect(stale).toEqual({ r: { updated: 0, deleted: 0 }, kept: 65536 + 999, r2: { updated: 0, deleted: 1 }, gone: null });
+
+    // A service the restarted agent knows is gone, though it never stated it: its slots and rev-NAT go too.
+    const gone = await inNode<Record<string, unknown>>(
+      dir,
+      `const dp = await open();
+       dp.deleteService(svc);
+       const r = dp.flush();
+       const left = [c.MapNames.services, c.MapNames.backends, c.MapNames.revnat].map((m) => dp.rawMap(m).keys().length);
+       dp.close();
+       return { r, left };`,
+    );
+    expect(gone).toEqual({ r: { updated: 0, deleted: 5 }, left: [0, 0, 0] });
   }, 120_000);
 
   test('owners are isolated: precedence local, then remotes by name; a removal falls back; clearOwner removes only its own', async () => {
