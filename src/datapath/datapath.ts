@@ -237,6 +237,8 @@ class MapState {
   pending: Entry[] = [];
   readonly remoteKeys = new Map<Owner, Set<string>>();
   private deadCount = 0;
+  /** Entries the kernel holds (per the shadow). */
+  held = 0;
 
   constructor(
     readonly name: MapName,
@@ -612,6 +614,7 @@ export class Datapath {
     for (let i = 0; i < d.count; i++) {
       const e = new Entry(d.keys.toString('latin1', i * ks, (i + 1) * ks));
       e.realized = d.values.toString('latin1', i * vs, (i + 1) * vs);
+      st.held++;
       e.adopted = true;
       st.entries.set(e.key, e);
     }
@@ -912,12 +915,14 @@ export class Datapath {
         e.seen = gen;
         const have = e.realized;
         if (have !== undefined && (have === v || st.same(have, v))) continue;
+        if (have === undefined) st.held++;
         e.realized = v;
         if (!e.adopted) st.mark(e);
       }
       for (const e of st.entries.values()) {
         if (e.seen === gen || e.realized === undefined) continue;
         e.realized = undefined;
+        st.held--;
         e.adopted = false;
         st.mark(e);
       }
@@ -1000,6 +1005,7 @@ export class Datapath {
       if (e.realized !== undefined) this.realizedIds.delete(serviceInfoCodec.decode(buf(e.realized)).revNatId);
       this.realizedIds.set(serviceInfoCodec.decode(buf(e.value!)).revNatId, e.key);
     }
+    if (e.realized === undefined) st.held++;
     e.realized = e.value;
     this.writes.updates++;
     this.opts.trace?.({ op: 'update', map: st.name, key: buf(e.key) });
@@ -1007,6 +1013,7 @@ export class Datapath {
 
   private realizeDelete(st: MapState, e: Entry): void {
     if (st.name === MapNames.services && e.realized !== undefined) this.realizedIds.delete(serviceInfoCodec.decode(buf(e.realized)).revNatId);
+    if (e.realized !== undefined) st.held--;
     e.realized = undefined;
     if (e.owner === undefined && !e.pending) st.dead();
     this.writes.deletes++;
@@ -1040,11 +1047,7 @@ export class Datapath {
   /** Entry counts of the maps the agent programs, from the realized shadow (no map reads). */
   mapFill(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const [name, st] of this.states) {
-      let n = 0;
-      for (const e of st.entries.values()) if (e.realized !== undefined) n++;
-      out[name] = n;
-    }
+    for (const [name, st] of this.states) out[name] = st.held;
     return out;
   }
 

@@ -394,10 +394,11 @@ describe('Datapath writer (root, real pinned maps)', () => {
        const dumps = dp.reads.dumps - dumps0;
        const again = dp.repair();
        const state = [identityOf(dp, podIp(5)), identityOf(dp, podIp(6)), identityOf(dp, '10.77.0.1')];
+       const fill = [dp.mapFill()[c.MapNames.ipcache], m.keys().length];
        dp.close();
-       return { flushed, repaired, again, state, dumps };`,
+       return { flushed, repaired, again, state, dumps, fill };`,
     );
-    expect(res).toEqual({ flushed: { updated: 0, deleted: 0 }, repaired: { updated: 2, deleted: 1 }, again: { updated: 0, deleted: 0 }, state: [70005, 70006, null], dumps: 7 });
+    expect(res).toEqual({ flushed: { updated: 0, deleted: 0 }, repaired: { updated: 2, deleted: 1 }, again: { updated: 0, deleted: 0 }, state: [70005, 70006, null], dumps: 7, fill: [100, 100] });
   }, 60_000);
 
   test('flush() costs map operations for the changed entries only, whatever the number of unchanged ones', async () => {
