@@ -546,10 +546,11 @@ export class Datapath {
     return old.map(({ name, map }) => {
       const from = map.info();
       const to = this.map(name).info();
-      if (from.typeId !== to.typeId || from.keySize !== to.keySize || from.userValueSize !== to.userValueSize) return 0;
-      const d = map.dump();
-      if (d.count === 0) return 0;
+      // Keyless maps (the flow ring buffer) have nothing to copy.
+      if (from.keySize === 0 || from.typeId !== to.typeId || from.keySize !== to.keySize || from.userValueSize !== to.userValueSize) return 0;
       try {
+        const d = map.dump();
+        if (d.count === 0) return 0;
         return to.maxEntries >= d.count ? this.map(name).updateBatch(d.keys, d.values, d.count).count : this.copyWhatFits(name, d);
       } catch (err) {
         return err instanceof BpfError && err.count !== undefined ? err.count : 0;

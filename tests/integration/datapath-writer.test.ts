@@ -377,6 +377,23 @@ describe('Datapath writer (root, real pinned maps)', () => {
     expect(oldGone).toBe(true);
   }, 120_000);
 
+  test('a pinned map of another layout (not only size) is replaced instead of failing the load forever', async () => {
+    const dir = pinDir('layout');
+    await must('mkdir', ['-p', dir]);
+    // As an older build would have left it: mesh_config with a smaller value.
+    await must('bpftool', ['map', 'create', join(dir, 'mesh_config'), 'type', 'array', 'key', '4', 'value', '8', 'entries', '1', 'name', 'mesh_config']);
+    const res = await inNode<Record<string, unknown>>(
+      dir,
+      `const dp = await open();
+       const cfg = c.configCodec.decode(dp.rawMap(c.MapNames.config).lookup(Buffer.alloc(4)));
+       const res = { migrations: dp.migrations.map((m) => ({ map: m.map, copied: m.copied })), nodeIp: cfg.nodeIp, valueSize: dp.rawMap(c.MapNames.config).info().valueSize };
+       dp.close();
+       return res;`,
+    );
+    expect(res).toEqual({ migrations: [{ map: 'mesh_config', copied: 0 }], nodeIp: '10.251.0.1', valueSize: expect.any(Number) });
+    expect(res.valueSize).not.toBe(8);
+  }, 60_000);
+
   test('repair() rewrites entries changed or removed behind the shadow and deletes unknown ones; flush() alone does not see them', async () => {
     const res = await inNode<Record<string, unknown>>(
       pinDir('repair'),
