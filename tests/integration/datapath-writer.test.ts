@@ -200,6 +200,7 @@ describe('Datapath writer (root, real pinned maps)', () => {
        for (const f of [() => dp.upsertIpcache('10.2.0.0/16', ipInfo(1), 'peer-a'), () => dp.upsertIpcache('10.2.0.1/16', ipInfo(1)), () => dp.upsertIpcache('10.2.0.0/33', ipInfo(1)), () => dp.clearOwner('remote:')]) {
          try { f(); errors.push('accepted'); } catch (e) { errors.push(e.message); }
        }
+       try { await open({ sizes: { ipcache: 0 } }); errors.push('accepted'); } catch (e) { errors.push(e.message); }
        steps.push({ errors });
        dp.close();
        return steps;`,
@@ -217,6 +218,7 @@ describe('Datapath writer (root, real pinned maps)', () => {
           'ipcache prefix "10.2.0.1/16": host bits must be zero',
           'ipcache prefix "10.2.0.0/33": the length must be 0..32',
           `owner "remote:": must be 'local' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`,
+          'map size sizes.ipcache=0: must be a positive integer below 2^31',
         ],
       },
     ]);
