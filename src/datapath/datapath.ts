@@ -233,7 +233,7 @@ class Entry {
  * normal operation).
  */
 class MapState {
-  readonly entries = new Map<string, Entry>();
+  entries = new Map<string, Entry>();
   pending: Entry[] = [];
   readonly remoteKeys = new Map<Owner, Set<string>>();
   private deadCount = 0;
@@ -322,13 +322,19 @@ class MapState {
   }
 
   /**
-   * An entry nobody wants and the kernel does not hold stays in `entries` (a key that comes back
-   * reuses it, and mass removals do not rehash the map entry by entry); they are swept once they
-   * outnumber the live ones.
+   * An entry nobody wants and the kernel does not hold stays in `entries` until the end of the
+   * flush (a key that comes back reuses it); then, once such entries outnumber the live ones, the
+   * map is rebuilt from the live ones in one pass instead of shrinking entry by entry.
    */
   dead(): void {
-    if (++this.deadCount < 4096 || this.deadCount * 2 < this.entries.size) return;
-    for (const [k, e] of this.entries) if (e.owner === undefined && e.realized === undefined && !e.pending && !e.adopted) this.entries.delete(k);
+    this.deadCount++;
+  }
+
+  sweep(): void {
+    if (this.deadCount < 4096 || this.deadCount * 2 < this.entries.size) return;
+    const live = new Map<string, Entry>();
+    for (const [k, e] of this.entries) if (e.owner !== undefined || e.realized !== undefined || e.pending || e.adopted) live.set(k, e);
+    this.entries = live;
     this.deadCount = 0;
   }
 
@@ -882,6 +888,7 @@ export class Datapath {
       const { dels } = deltas.get(name)!;
       if (dels.length > 0) deleted += this.writeDeletes(this.state(name), dels, errors);
     }
+    for (const st of this.states.values()) st.sweep();
     return errors.length > 0 ? { updated, deleted, errors } : { updated, deleted };
   }
 
