@@ -436,7 +436,8 @@ interface ServiceState {
  * **Sizes.** Maps get {@link MapSizes} at load. A pinned map of another size (or type, key or
  * value size) is migrated: the old pin is removed while its fd is held, the new map is created
  * and pinned, entries are copied when the layouts match, and every device running our programs on
- * the old map gets the new programs (atomic replace). See {@link migrations}.
+ * the old map gets the new programs (atomic replace). What the old programs write between the
+ * copy and the swap (new conntrack entries, counters) is not carried over. See {@link migrations}.
  *
  * Needs root (CAP_BPF, CAP_NET_ADMIN) in the node's network namespace; bpffs is mounted when
  * missing. Call close() to release fds: attached programs and pinned maps stay, so traffic keeps
@@ -476,7 +477,7 @@ export class Datapath {
     this.sizes = resolveSizes(opts.sizes);
   }
 
-  /** Maps that open() migrated to a new size. */
+  /** Pinned maps that open() replaced (another size, type, key or value size), with what it copied. */
   get migrations(): readonly MapMigration[] {
     return this._migrations;
   }
@@ -530,7 +531,7 @@ export class Datapath {
           // Only a pinned map that libbpf refused to reuse is migrated; any other failure stands.
           const refused = err instanceof BpfError && err.op === 'load' && (err.libbpfLog ?? '').includes("couldn't reuse pinned map");
           const name = refused ? ((err as BpfError).map as MapName | undefined) : undefined;
-          if (!name || attempt > SIZED_MAPS.length || old.some((o) => o.name === name)) throw err;
+          if (!name || attempt > Object.keys(MapNames).length || old.some((o) => o.name === name)) throw err;
           const pin = join(this.opts.pinDir, name);
           let m: BpfMap;
           try {
