@@ -122,6 +122,8 @@ async function child(opts: Options, pinDir: string): Promise<void> {
   };
 
   const datapath = (measureHeap: boolean): Omit<Sample, 'round' | 'order' | 'baselineFillMs' | 'baselineDrainMs'> => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (measureHeap) gc?.();
     const heap0 = measureHeap ? process.memoryUsage().heapUsed : 0;
     const t0 = now();
     for (let i = 0; i < n; i++) dp.upsertIpcache(prefixes[i], infos[i]);
@@ -129,7 +131,10 @@ async function child(opts: Options, pinDir: string): Promise<void> {
     const r = dp.flush();
     const t2 = now();
     check('datapath fill', r.updated === n && r.errors === undefined && spot(0) && spot(n >>> 1) && spot(n - 1));
-    if (measureHeap) heapBytesPerEntry = (process.memoryUsage().heapUsed - heap0) / n;
+    if (measureHeap) {
+      gc?.();
+      heapBytesPerEntry = (process.memoryUsage().heapUsed - heap0) / n;
+    }
     const w0 = dp.writes.updates;
     const k = n >>> 1;
     let t = now();
@@ -237,7 +242,7 @@ async function main(): Promise<void> {
       note(`⌛ ipcache benchmark: ${opts.entries} entries, warm-up + ${opts.rounds} round(s); load ${hostBefore.loadavg1m}; netns ${ns}, pins in ${pinDir}`);
 
       const self = fileURLToPath(import.meta.url);
-      const args = ['--net=/run/netns/' + ns, '--', process.execPath, self, '--child', '--entries', String(opts.entries), '--rounds', String(opts.rounds), '--pin-dir', pinDir];
+      const args = ['--net=/run/netns/' + ns, '--', process.execPath, '--expose-gc', self, '--child', '--entries', String(opts.entries), '--rounds', String(opts.rounds), '--pin-dir', pinDir];
       let stdout = '';
       const code = await new Promise<number>((resolve, reject) => {
         proc = spawn('nsenter', args, { stdio: ['ignore', 'pipe', 'inherit'] });

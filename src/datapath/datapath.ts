@@ -43,7 +43,7 @@ import {
   type ServiceKey,
 } from './codecs.js';
 import { compileBpf } from './compile.js';
-import { bytesOf, latin1, layoutEncoder, parseIpv4, structEncoder, type Encoder } from './encoders.js';
+import { bytesOf, latin1, layoutEncoder, parseIpv4, prefixKeyEncoder, structEncoder, type Encoder } from './encoders.js';
 import { BpfError } from './errors.js';
 import { policyEntries, type PolicyRule } from './policy-keys.js';
 
@@ -240,9 +240,12 @@ class Entry {
  * normal operation).
  */
 class MapState {
-  readonly entries = new Map<string, Entry>();
+  entries = new Map<string, Entry>();
   pending: Entry[] = [];
   readonly remoteKeys = new Map<Owner, Set<string>>();
+  private deadCount = 0;
+  /** Entries the kernel holds (per the shadow). */
+  held = 0;
 
   constructor(
     readonly name: MapName,
@@ -296,7 +299,10 @@ class MapState {
 
   unwant(owner: Owner, key: string): void {
     const e = this.entries.get(key);
-    if (e === undefined) return;
+    if (e !== undefined) this.release(e, owner);
+  }
+
+  private release(e: Entry, owner: Owner): void {
     if (e.owner === owner) {
       const next = e.rest?.shift();
       if (next) {
@@ -307,19 +313,36 @@ class MapState {
         e.owner = undefined;
         e.value = undefined;
       }
-      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(key);
+      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(e.key);
       this.mark(e);
     } else if (e.rest) {
       const i = e.rest.findIndex((c) => c.owner === owner);
       if (i < 0) return;
       e.rest.splice(i, 1);
       if (e.rest.length === 0) e.rest = undefined;
-      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(key);
+      if (owner !== 'local') this.remoteKeys.get(owner)?.delete(e.key);
     } else if (e.owner === undefined && e.adopted) {
       // Found at open and never claimed: an owner says it is gone, so it goes.
       e.adopted = false;
       this.mark(e);
     }
+  }
+
+  /**
+   * An entry nobody wants and the kernel does not hold stays in `entries` until the end of the
+   * flush (a key that comes back reuses it); then, once such entries outnumber the live ones, the
+   * map is rebuilt from the live ones in one pass instead of shrinking entry by entry.
+   */
+  dead(): void {
+    this.deadCount++;
+  }
+
+  sweep(): void {
+    if (this.deadCount < 4096 || this.deadCount * 2 < this.entries.size) return;
+    const live = new Map<string, Entry>();
+    for (const [k, e] of this.entries) if (e.owner !== undefined || e.realized !== undefined || e.pending || e.adopted) live.set(k, e);
+    this.entries = live;
+    this.deadCount = 0;
   }
 
   private index(owner: Owner, key: string): void {
@@ -340,7 +363,11 @@ class MapState {
   }
 
   clearOwner(owner: Owner): void {
-    for (const k of this.keysOf(owner)) this.unwant(owner, k);
+    if (owner === 'local') {
+      for (const e of this.entries.values()) if (e.owner === 'local' || e.rest !== undefined) this.release(e, owner);
+    } else {
+      for (const k of this.keysOf(owner)) this.unwant(owner, k);
+    }
     this.remoteKeys.delete(owner);
   }
 
@@ -356,7 +383,7 @@ class MapState {
       const have = e.realized;
       if (want === undefined) {
         if (have !== undefined) dels.push(e);
-        else if (!e.adopted) this.entries.delete(e.key);
+        else if (!e.adopted) this.dead();
       } else if (have === undefined || (want !== have && !this.same(want, have))) {
         ups.push(e);
       }
@@ -416,7 +443,8 @@ interface ServiceState {
  * **Sizes.** Maps get {@link MapSizes} at load. A pinned map of another size (or type, key or
  * value size) is migrated: the old pin is removed while its fd is held, the new map is created
  * and pinned, entries are copied when the layouts match, and every device running our programs on
- * the old map gets the new programs (atomic replace). See {@link migrations}.
+ * the old map gets the new programs (atomic replace). What the old programs write between the
+ * copy and the swap (new conntrack entries, counters) is not carried over. See {@link migrations}.
  *
  * Needs root (CAP_BPF, CAP_NET_ADMIN) in the node's network namespace; bpffs is mounted when
  * missing. Call close() to release fds: attached programs and pinned maps stay, so traffic keeps
@@ -456,7 +484,7 @@ export class Datapath {
     this.sizes = resolveSizes(opts.sizes);
   }
 
-  /** Maps that open() migrated to a new size. */
+  /** Pinned maps that open() replaced (another size, type, key or value size), with what it copied. */
   get migrations(): readonly MapMigration[] {
     return this._migrations;
   }
@@ -507,8 +535,10 @@ export class Datapath {
           this.objects.push(await BpfObject.load(objs[s], { pinRoot: this.opts.pinDir, maxEntries }));
           break;
         } catch (err) {
-          const name = err instanceof BpfError && err.op === 'load' ? (err.map as MapName | undefined) : undefined;
-          if (!name || attempt > SIZED_MAPS.length || old.some((o) => o.name === name)) throw err;
+          // Only a pinned map that libbpf refused to reuse is migrated; any other failure stands.
+          const refused = err instanceof BpfError && err.op === 'load' && (err.libbpfLog ?? '').includes("couldn't reuse pinned map");
+          const name = refused ? ((err as BpfError).map as MapName | undefined) : undefined;
+          if (!name || attempt > Object.keys(MapNames).length || old.some((o) => o.name === name)) throw err;
           const pin = join(this.opts.pinDir, name);
           let m: BpfMap;
           try {
@@ -530,10 +560,11 @@ export class Datapath {
     return old.map(({ name, map }) => {
       const from = map.info();
       const to = this.map(name).info();
-      if (from.typeId !== to.typeId || from.keySize !== to.keySize || from.userValueSize !== to.userValueSize) return 0;
-      const d = map.dump();
-      if (d.count === 0) return 0;
+      // Keyless maps (the flow ring buffer) have nothing to copy.
+      if (from.keySize === 0 || from.typeId !== to.typeId || from.keySize !== to.keySize || from.userValueSize !== to.userValueSize) return 0;
       try {
+        const d = map.dump();
+        if (d.count === 0) return 0;
         return to.maxEntries >= d.count ? this.map(name).updateBatch(d.keys, d.values, d.count).count : this.copyWhatFits(name, d);
       } catch (err) {
         return err instanceof BpfError && err.count !== undefined ? err.count : 0;
@@ -598,6 +629,7 @@ export class Datapath {
     for (let i = 0; i < d.count; i++) {
       const e = new Entry(d.keys.toString('latin1', i * ks, (i + 1) * ks));
       e.realized = d.values.toString('latin1', i * vs, (i + 1) * vs);
+      st.held++;
       e.adopted = true;
       st.entries.set(e.key, e);
     }
@@ -757,7 +789,16 @@ export class Datapath {
   private dropService(sk: string): void {
     const svc = this.services_.get(sk);
     this.state(MapNames.services).unwant('local', sk);
-    if (!svc) return;
+    if (!svc) {
+      // Only found at open: its slots and rev-NAT entry go with it.
+      const realized = this.state(MapNames.services).entries.get(sk)?.realized;
+      if (realized === undefined) return;
+      const info = serviceInfoCodec.decode(buf(realized));
+      for (let slot = 1; slot <= info.count; slot++) this.state(MapNames.backends).unwant('local', enc.backendKey({ revNatId: info.revNatId, slot }));
+      this.state(MapNames.revnat).unwant('local', enc.revNatKey({ revNatId: info.revNatId }));
+      this.slotHints.delete(sk);
+      return;
+    }
     const be = this.state(MapNames.backends);
     for (let i = 0; i < svc.slots.length; i++) be.unwant('local', enc.backendKey({ revNatId: svc.id, slot: i + 1 }));
     this.state(MapNames.revnat).unwant('local', enc.revNatKey({ revNatId: svc.id }));
@@ -855,6 +896,7 @@ export class Datapath {
       const { dels } = deltas.get(name)!;
       if (dels.length > 0) deleted += this.writeDeletes(this.state(name), dels, errors);
     }
+    for (const st of this.states.values()) st.sweep();
     return errors.length > 0 ? { updated, deleted, errors } : { updated, deleted };
   }
 
@@ -889,12 +931,14 @@ export class Datapath {
         e.seen = gen;
         const have = e.realized;
         if (have !== undefined && (have === v || st.same(have, v))) continue;
+        if (have === undefined) st.held++;
         e.realized = v;
         if (!e.adopted) st.mark(e);
       }
       for (const e of st.entries.values()) {
         if (e.seen === gen || e.realized === undefined) continue;
         e.realized = undefined;
+        st.held--;
         e.adopted = false;
         st.mark(e);
       }
@@ -977,6 +1021,7 @@ export class Datapath {
       if (e.realized !== undefined) this.realizedIds.delete(serviceInfoCodec.decode(buf(e.realized)).revNatId);
       this.realizedIds.set(serviceInfoCodec.decode(buf(e.value!)).revNatId, e.key);
     }
+    if (e.realized === undefined) st.held++;
     e.realized = e.value;
     this.writes.updates++;
     this.opts.trace?.({ op: 'update', map: st.name, key: buf(e.key) });
@@ -984,8 +1029,9 @@ export class Datapath {
 
   private realizeDelete(st: MapState, e: Entry): void {
     if (st.name === MapNames.services && e.realized !== undefined) this.realizedIds.delete(serviceInfoCodec.decode(buf(e.realized)).revNatId);
+    if (e.realized !== undefined) st.held--;
     e.realized = undefined;
-    if (e.owner === undefined && !e.pending) st.entries.delete(e.key);
+    if (e.owner === undefined && !e.pending) st.dead();
     this.writes.deletes++;
     this.opts.trace?.({ op: 'delete', map: st.name, key: buf(e.key) });
   }
@@ -1017,11 +1063,7 @@ export class Datapath {
   /** Entry counts of the maps the agent programs, from the realized shadow (no map reads). */
   mapFill(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const [name, st] of this.states) {
-      let n = 0;
-      for (const e of st.entries.values()) if (e.realized !== undefined) n++;
-      out[name] = n;
-    }
+    for (const [name, st] of this.states) out[name] = st.held;
     return out;
   }
 
@@ -1119,12 +1161,16 @@ const ipcacheKeyEncoder: Encoder<RawIpcacheKey> = layoutEncoder<RawIpcacheKey>(
   { prefixlen: IPCACHE_PREFIX_BASE + 24, clusterId: 7, ip: '10.1.2.0' },
 );
 
+/** The hot path's form of it (cluster id 0, address read in place); null when the layout is not that shape. */
+const ipcacheKeyFast = prefixKeyEncoder(ipcacheKeyCodec.layout, 'prefixlen', 'ip', (raw, ip) =>
+  ipcacheKeyCodec.encode({ prefixLen: raw - IPCACHE_PREFIX_BASE, clusterId: 0, ip }),
+);
+
 function ipcacheKey(prefix: string): string {
   const slash = prefix.indexOf('/');
+  const end = slash < 0 ? prefix.length : slash;
   let len = 32;
-  let addr = prefix;
   if (slash >= 0) {
-    addr = prefix.slice(0, slash);
     const digits = prefix.length - slash - 1;
     const d0 = prefix.charCodeAt(slash + 1) - 48;
     const d1 = digits === 2 ? prefix.charCodeAt(slash + 2) - 48 : 0;
@@ -1134,9 +1180,10 @@ function ipcacheKey(prefix: string): string {
     }
   }
   if (len < 32) {
-    const n = parseIpv4(addr);
+    const n = parseIpv4(prefix, 0, end);
     const host = len === 0 ? 0xffffffff : 0xffffffff >>> len;
     if ((n & host) >>> 0 !== 0) throw new ValidationError('prefix', 'host bits zero', `ipcache prefix ${JSON.stringify(prefix)}: host bits must be zero`);
   }
-  return ipcacheKeyEncoder({ prefixlen: len + IPCACHE_PREFIX_BASE, clusterId: 0, ip: addr });
+  if (ipcacheKeyFast !== null) return ipcacheKeyFast(len + IPCACHE_PREFIX_BASE, prefix, 0, end);
+  return ipcacheKeyEncoder({ prefixlen: len + IPCACHE_PREFIX_BASE, clusterId: 0, ip: prefix.slice(0, end) });
 }

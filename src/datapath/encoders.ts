@@ -11,6 +11,13 @@ import type { FieldLayout, StructCodec, StructLayout } from './codecs.js';
 
 export type Encoder<T> = (value: T) => string;
 
+const compiled = new WeakSet<object>();
+
+/** True when `encoder` is a compiled one (it agreed with its codec), false when it is the codec's own. */
+export function isCompiled(encoder: object): boolean {
+  return compiled.has(encoder);
+}
+
 /** The bytes of a latin1 string (as Encoders return them). */
 export function bytesOf(s: string): Buffer {
   return Buffer.from(s, 'latin1');
@@ -21,15 +28,15 @@ export function latin1(b: Buffer): string {
 }
 
 /** Dotted quad → u32 (host order), or a RangeError naming the value. No allocations. */
-export function parseIpv4(s: string): number {
+export function parseIpv4(s: string, start = 0, end = s.length): number {
   let n = 0;
   let part = 0;
   let digits = 0;
   let dots = 0;
-  for (let i = 0; i < s.length; i++) {
+  for (let i = start; i < end; i++) {
     const c = s.charCodeAt(i);
     if (c === 46) {
-      if (digits === 0 || part > 255 || ++dots > 3) throw badIpv4(s);
+      if (digits === 0 || part > 255 || ++dots > 3) throw badIpv4(s.slice(start, end));
       n = n * 256 + part;
       part = 0;
       digits = 0;
@@ -37,10 +44,10 @@ export function parseIpv4(s: string): number {
       part = part * 10 + (c - 48);
       digits++;
     } else {
-      throw badIpv4(s);
+      throw badIpv4(s.slice(start, end));
     }
   }
-  if (dots !== 3 || digits === 0 || part > 255) throw badIpv4(s);
+  if (dots !== 3 || digits === 0 || part > 255) throw badIpv4(s.slice(start, end));
   return n * 256 + part;
 }
 
@@ -154,7 +161,10 @@ export function layoutEncoder<T>(layout: StructLayout, reference: (v: T) => Buff
     return scratch.toString('latin1', 0, size);
   };
   try {
-    if (latin1(reference(probe)) === fast(probe)) return fast;
+    if (latin1(reference(probe)) === fast(probe)) {
+      compiled.add(fast);
+      return fast;
+    }
   } catch {
     // the reference rejects the probe: the layout is not what this compiler thinks
   }
@@ -164,4 +174,45 @@ export function layoutEncoder<T>(layout: StructLayout, reference: (v: T) => Buff
 /** The compiled encoder of a plain struct codec (its fields are its TS properties), else the codec. */
 export function structEncoder<T>(codec: StructCodec<T>): Encoder<T> {
   return layoutEncoder<T>(codec.layout, (v) => codec.encode(v), (v) => latin1(codec.encode(v)));
+}
+
+/**
+ * An encoder for keys made of a u32 prefix length and an IPv4 address (plus fields left zero),
+ * taking the address as part of a string (`s[start, end)`) so the caller need not slice it.
+ * Compiled from the layout's `lenField` (u32) and `ipField` (ipv4) and checked against
+ * `reference`; null when the layout is not of that shape or disagrees.
+ */
+export function prefixKeyEncoder(
+  layout: StructLayout,
+  lenField: string,
+  ipField: string,
+  reference: (rawLen: number, ip: string) => Buffer,
+): ((rawLen: number, s: string, start: number, end: number) => string) | null {
+  const len = layout.fields.find((f) => f.name === lenField && f.kind === 'u32');
+  const ipf = layout.fields.find((f) => f.name === ipField && f.kind === 'ipv4');
+  if (!len || !ipf) return null;
+  const scratch = Buffer.alloc(layout.size);
+  const lo = len.offset;
+  const io = ipf.offset;
+  const size = layout.size;
+  const fast = (rawLen: number, s: string, start: number, end: number): string => {
+    const n = parseIpv4(s, start, end);
+    scratch[lo] = rawLen & 0xff;
+    scratch[lo + 1] = (rawLen >>> 8) & 0xff;
+    scratch[lo + 2] = (rawLen >>> 16) & 0xff;
+    scratch[lo + 3] = rawLen >>> 24;
+    scratch[io] = n >>> 24;
+    scratch[io + 1] = (n >>> 16) & 0xff;
+    scratch[io + 2] = (n >>> 8) & 0xff;
+    scratch[io + 3] = n & 0xff;
+    return scratch.toString('latin1', 0, size);
+  };
+  try {
+    const probe = 'x10.1.2.0y';
+    if (latin1(reference(56, '10.1.2.0')) !== fast(56, probe, 1, probe.length - 1)) return null;
+    compiled.add(fast);
+    return fast;
+  } catch {
+    return null;
+  }
 }

@@ -153,6 +153,18 @@ describe('Datapath writer (root, real pinned maps)', () => {
        return { r, kept, r2, gone };`,
     );
     expect(stale).toEqual({ r: { updated: 0, deleted: 0 }, kept: 65536 + 999, r2: { updated: 0, deleted: 1 }, gone: null });
+
+    // A service the restarted agent knows is gone, though it never stated it: its slots and rev-NAT go too.
+    const gone = await inNode<Record<string, unknown>>(
+      dir,
+      `const dp = await open();
+       dp.deleteService(svc);
+       const r = dp.flush();
+       const left = [c.MapNames.services, c.MapNames.backends, c.MapNames.revnat].map((m) => dp.rawMap(m).keys().length);
+       dp.close();
+       return { r, left };`,
+    );
+    expect(gone).toEqual({ r: { updated: 0, deleted: 5 }, left: [0, 0, 0] });
   }, 120_000);
 
   test('owners are isolated: precedence local, then remotes by name; a removal falls back; clearOwner removes only its own', async () => {
@@ -188,6 +200,7 @@ describe('Datapath writer (root, real pinned maps)', () => {
        for (const f of [() => dp.upsertIpcache('10.2.0.0/16', ipInfo(1), 'peer-a'), () => dp.upsertIpcache('10.2.0.1/16', ipInfo(1)), () => dp.upsertIpcache('10.2.0.0/33', ipInfo(1)), () => dp.clearOwner('remote:')]) {
          try { f(); errors.push('accepted'); } catch (e) { errors.push(e.message); }
        }
+       try { await open({ sizes: { ipcache: 0 } }); errors.push('accepted'); } catch (e) { errors.push(e.message); }
        steps.push({ errors });
        dp.close();
        return steps;`,
@@ -205,6 +218,7 @@ describe('Datapath writer (root, real pinned maps)', () => {
           'ipcache prefix "10.2.0.1/16": host bits must be zero',
           'ipcache prefix "10.2.0.0/33": the length must be 0..32',
           `owner "remote:": must be 'local', 'cidr' or 'remote:<cluster name>' (a DNS label of 1-32 characters)`,
+          'map size sizes.ipcache=0: must be a positive integer below 2^31',
         ],
       },
     ]);
@@ -288,6 +302,38 @@ describe('Datapath writer (root, real pinned maps)', () => {
     expect(res).toEqual({ counters: true, same: { updated: 0, deleted: 0 }, repaired: { updated: 0, deleted: 0 }, kept: true, changed: { updated: 1, deleted: 0 } });
   }, 60_000);
 
+  test('a write that fails (a full map) is reported with its key, the other maps are still written, and it is retried', async () => {
+    const res = await inNode<Record<string, unknown>>(
+      pinDir('full'),
+      `const dp = await open({ sizes: { nodes: 4 } });
+       const nodeIp = (i) => '10.251.1.' + i;
+       for (let i = 1; i <= 6; i++) dp.upsertNode(nodeIp(i), { nodeId: i, clusterId: 1, flags: 0 });
+       dp.upsertIpcache('10.66.0.1', ipInfo(65541));
+       dp.upsertEndpoint('10.64.0.9', ep(9, '10.64.0.9', 0));
+       const first = dp.flush();
+       const failed = (first.errors ?? []).map((e) => ({ map: e.map, op: e.op, ip: c.nodeKeyCodec.decode(e.key).ip, code: e.error.code }));
+       const written = { ipcache: identityOf(dp, '10.66.0.1'), nodes: dp.rawMap(c.MapNames.nodes).keys().length, endpoint: dp.rawMap(c.MapNames.endpoints).keys().length };
+       dp.deleteNode(nodeIp(1));
+       dp.deleteNode(nodeIp(2));
+       const second = dp.flush(); // upserts come before deletes: the retries still find the map full
+       const third = dp.flush();
+       const nodes = dp.rawMap(c.MapNames.nodes).keys().map((k) => c.nodeKeyCodec.decode(k).ip).sort();
+       dp.close();
+       return { first: { updated: first.updated, deleted: first.deleted }, failed, written, second: { updated: second.updated, deleted: second.deleted, errors: second.errors?.length ?? 0 }, third, nodes };`,
+    );
+    expect(res).toEqual({
+      first: { updated: 6, deleted: 0 },
+      failed: [
+        { map: 'mesh_nodes', op: 'update', ip: '10.251.1.5', code: 'E2BIG' },
+        { map: 'mesh_nodes', op: 'update', ip: '10.251.1.6', code: 'E2BIG' },
+      ],
+      written: { ipcache: 65541, nodes: 4, endpoint: 1 },
+      second: { updated: 0, deleted: 2, errors: 2 },
+      third: { updated: 2, deleted: 0 },
+      nodes: ['10.251.1.3', '10.251.1.4', '10.251.1.5', '10.251.1.6'],
+    });
+  }, 60_000);
+
   test('an ipcache pinned at 65536 entries, reopened at 524288, is migrated with its entries and the programs move to it', async () => {
     const dir = pinDir('migrate');
     const before = await inNode<{ id: number; max: number; prog: number }>(
@@ -333,6 +379,23 @@ describe('Datapath writer (root, real pinned maps)', () => {
     expect(oldGone).toBe(true);
   }, 120_000);
 
+  test('a pinned map of another layout (not only size) is replaced instead of failing the load forever', async () => {
+    const dir = pinDir('layout');
+    await must('mkdir', ['-p', dir]);
+    // As an older build would have left it: mesh_config with a smaller value.
+    await must('bpftool', ['map', 'create', join(dir, 'mesh_config'), 'type', 'array', 'key', '4', 'value', '8', 'entries', '1', 'name', 'mesh_config']);
+    const res = await inNode<Record<string, unknown>>(
+      dir,
+      `const dp = await open();
+       const cfg = c.configCodec.decode(dp.rawMap(c.MapNames.config).lookup(Buffer.alloc(4)));
+       const res = { migrations: dp.migrations.map((m) => ({ map: m.map, copied: m.copied })), nodeIp: cfg.nodeIp, valueSize: dp.rawMap(c.MapNames.config).info().valueSize };
+       dp.close();
+       return res;`,
+    );
+    expect(res).toEqual({ migrations: [{ map: 'mesh_config', copied: 0 }], nodeIp: '10.251.0.1', valueSize: expect.any(Number) });
+    expect(res.valueSize).not.toBe(8);
+  }, 60_000);
+
   test('repair() rewrites entries changed or removed behind the shadow and deletes unknown ones; flush() alone does not see them', async () => {
     const res = await inNode<Record<string, unknown>>(
       pinDir('repair'),
@@ -350,10 +413,11 @@ describe('Datapath writer (root, real pinned maps)', () => {
        const dumps = dp.reads.dumps - dumps0;
        const again = dp.repair();
        const state = [identityOf(dp, podIp(5)), identityOf(dp, podIp(6)), identityOf(dp, '10.77.0.1')];
+       const fill = [dp.mapFill()[c.MapNames.ipcache], m.keys().length];
        dp.close();
-       return { flushed, repaired, again, state, dumps };`,
+       return { flushed, repaired, again, state, dumps, fill };`,
     );
-    expect(res).toEqual({ flushed: { updated: 0, deleted: 0 }, repaired: { updated: 2, deleted: 1 }, again: { updated: 0, deleted: 0 }, state: [70005, 70006, null], dumps: 7 });
+    expect(res).toEqual({ flushed: { updated: 0, deleted: 0 }, repaired: { updated: 2, deleted: 1 }, again: { updated: 0, deleted: 0 }, state: [70005, 70006, null], dumps: 7, fill: [100, 100] });
   }, 60_000);
 
   test('flush() costs map operations for the changed entries only, whatever the number of unchanged ones', async () => {
