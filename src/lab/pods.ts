@@ -12,7 +12,7 @@
  * namespaces per line). The workload says it listens by writing a ready file, so waiting for
  * hundreds of pods is a directory read, not a process per pod.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -259,4 +259,5 @@ export async function startWorkload(paths: LabPaths, c: ClusterState, node: Node
 
 export function stopWorkload(paths: LabPaths, cluster: string, namespace: string, pod: string): void {
   removeProcSpec(paths, cluster, podProcName(namespace, pod));
+  rmSync(workloadReadyFile(paths, cluster, namespace, pod), { force: true });
 }
