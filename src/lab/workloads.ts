@@ -48,6 +48,7 @@ interface Ctx {
   /** Pods planned by this apply, built together by realizePods. */
   readonly planned: PodPlan[];
   readonly timings: Record<string, number>;
+  onBuildPods?: (count: number) => void;
 }
 
 /** A pod this apply will create: node and address chosen, object ready to write. */
@@ -90,10 +91,16 @@ async function withCluster<T>(paths: LabPaths, context: string | undefined, fn: 
 }
 
 /** Apply a YAML file to a lab cluster. Everything is validated before anything is created. */
-export async function applyFile(paths: LabPaths, context: string | undefined, file: string): Promise<ApplyResult> {
+export interface ApplyOptions {
+  /** Called before the pods this apply creates are built (long work for hundreds of pods). */
+  readonly onBuildPods?: (count: number) => void;
+}
+
+export async function applyFile(paths: LabPaths, context: string | undefined, file: string, opts: ApplyOptions = {}): Promise<ApplyResult> {
   const manifests = await readManifests(file);
   return withLabLock(paths, () =>
     withCluster(paths, context, async (ctx) => {
+      ctx.onBuildPods = opts.onBuildPods;
       const namespaces = new Set((await ctx.store.list('namespaces')).items.map((n) => n.metadata.name));
       for (const m of manifests) if (m.kind === 'Namespace') namespaces.add(m.name);
       for (const m of manifests) {
@@ -264,6 +271,7 @@ async function planPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Promi
 async function realizePods(ctx: Ctx): Promise<void> {
   const plans = ctx.planned.splice(0);
   if (plans.length === 0) return;
+  ctx.onBuildPods?.(plans.length);
   const ref = (p: PodPlan) => ({ node: p.node, namespace: p.pod.metadata.namespace ?? 'default', pod: p.pod.metadata.name, plumbing: p.plumbing });
   ctx.undo.push(async () => {
     for (const p of plans) stopWorkload(ctx.paths, ctx.c.name, ref(p).namespace, ref(p).pod);
