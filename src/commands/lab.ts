@@ -13,6 +13,9 @@ import { ValidationError } from '../util/errors.js';
 import { out, table } from '../util/output.js';
 import { requireRoot } from './root.js';
 
+/** Building this many pods takes long enough to say so first. */
+const PROGRESS_MIN_PODS = 20;
+
 function paths(): LabPaths {
   return new LabPaths(stateHome());
 }
@@ -107,7 +110,9 @@ export function labCommand(): Command {
     .addHelpText('after', '\nExample:\n  meshctl lab apply -f fixtures/echo-app.yaml --context c1')
     .action(async (o: { filename: string; context?: string; timings?: boolean }) => {
       requireRoot('lab apply');
-      const r = await applyFile(paths(), o.context, o.filename);
+      const r = await applyFile(paths(), o.context, o.filename, {
+        onBuildPods: (n) => n >= PROGRESS_MIN_PODS && out.wait(`Building ${n} pods…`),
+      });
       for (const l of r.lines) out.info(l);
       if (o.timings) {
         for (const [phase, ms] of Object.entries(r.timings)) out.info(`   ${phase} (${(ms / 1000).toFixed(2)}s)`);

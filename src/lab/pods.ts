@@ -12,7 +12,7 @@
  * namespaces per line). The workload says it listens by writing a ready file, so waiting for
  * hundreds of pods is a directory read, not a process per pod.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -235,16 +235,20 @@ export async function startWorkloads(paths: LabPaths, c: ClusterState, pods: rea
     waiting.set(ready, w);
   }
   for (const w of pods) writeProcSpec(paths, c.name, workloadProcSpec(paths, c, w));
-  // The deadline grows with the number of pods: the supervisor starts them one after another.
-  const deadline = Date.now() + timeoutMs + pods.length * 20;
-  while (Date.now() < deadline) {
+  // The supervisor starts them one after another, slowly on a busy machine: give up only when
+  // none became ready for timeoutMs, not after a fixed time for the lot.
+  let progressAt = Date.now();
+  while (Date.now() - progressAt < timeoutMs) {
+    const before = waiting.size;
     for (const f of await readdir(paths.runDir(c.name)).catch(() => [] as string[])) waiting.delete(f);
     if (waiting.size === 0) return;
+    if (waiting.size < before) progressAt = Date.now();
     await sleep(25);
   }
   const late = [...waiting.values()].map((w) => `${w.namespace}/${w.pod}`);
   throw new OperationError(
-    `workload of pod${late.length > 1 ? 's' : ''} ${late.slice(0, 3).join(', ')}${late.length > 3 ? ` and ${late.length - 3} more` : ''} did not start listening within ${Math.round((timeoutMs + pods.length * 20) / 1000)}s; see ${paths.logsDir(c.name)}`,
+    `workload of pod${late.length > 1 ? 's' : ''} ${late.slice(0, 3).join(', ')}${late.length > 3 ? ` and ${late.length - 3} more` : ''} did not start listening ` +
+      `(${pods.length - late.length} of ${pods.length} did; none more for ${Math.round(timeoutMs / 1000)}s); see ${paths.logsDir(c.name)}`,
   );
 }
 
@@ -255,4 +259,5 @@ export async function startWorkload(paths: LabPaths, c: ClusterState, node: Node
 
 export function stopWorkload(paths: LabPaths, cluster: string, namespace: string, pod: string): void {
   removeProcSpec(paths, cluster, podProcName(namespace, pod));
+  rmSync(workloadReadyFile(paths, cluster, namespace, pod), { force: true });
 }

@@ -8,6 +8,7 @@ import { formatIp, parseCidr } from '../util/cidr.js';
 import { NotFoundError, OperationError, ValidationError, errorMessage } from '../util/errors.js';
 import { resolveContext } from './context.js';
 import { parseManifests, type Manifest } from './manifests.js';
+import { podMetadataUpdate } from './pod-update.js';
 import { netnsExists } from './netns.js';
 import { ensureSupervisor } from './processes.js';
 import {
@@ -47,6 +48,7 @@ interface Ctx {
   /** Pods planned by this apply, built together by realizePods. */
   readonly planned: PodPlan[];
   readonly timings: Record<string, number>;
+  onBuildPods?: (count: number) => void;
 }
 
 /** A pod this apply will create: node and address chosen, object ready to write. */
@@ -89,10 +91,16 @@ async function withCluster<T>(paths: LabPaths, context: string | undefined, fn: 
 }
 
 /** Apply a YAML file to a lab cluster. Everything is validated before anything is created. */
-export async function applyFile(paths: LabPaths, context: string | undefined, file: string): Promise<ApplyResult> {
+export interface ApplyOptions {
+  /** Called before the pods this apply creates are built (long work for hundreds of pods). */
+  readonly onBuildPods?: (count: number) => void;
+}
+
+export async function applyFile(paths: LabPaths, context: string | undefined, file: string, opts: ApplyOptions = {}): Promise<ApplyResult> {
   const manifests = await readManifests(file);
   return withLabLock(paths, () =>
     withCluster(paths, context, async (ctx) => {
+      ctx.onBuildPods = opts.onBuildPods;
       const namespaces = new Set((await ctx.store.list('namespaces')).items.map((n) => n.metadata.name));
       for (const m of manifests) if (m.kind === 'Namespace') namespaces.add(m.name);
       for (const m of manifests) {
@@ -263,6 +271,7 @@ async function planPod(ctx: Ctx, manifest: KubeObject, nodeName?: string): Promi
 async function realizePods(ctx: Ctx): Promise<void> {
   const plans = ctx.planned.splice(0);
   if (plans.length === 0) return;
+  ctx.onBuildPods?.(plans.length);
   const ref = (p: PodPlan) => ({ node: p.node, namespace: p.pod.metadata.namespace ?? 'default', pod: p.pod.metadata.name, plumbing: p.plumbing });
   ctx.undo.push(async () => {
     for (const p of plans) stopWorkload(ctx.paths, ctx.c.name, ref(p).namespace, ref(p).pod);
@@ -312,65 +321,6 @@ async function deletePods(ctx: Ctx, pods: readonly KubeObject[]): Promise<void> 
     await ctx.store.delete('pods', x.ns, x.name);
     if (x.nodeName && ctx.podCounts?.has(x.nodeName)) ctx.podCounts.set(x.nodeName, ctx.podCounts.get(x.nodeName)! - 1);
   });
-}
-
-/** Keys sorted at every level, so equal objects print equal whatever order their keys came in. */
-function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  if (v && typeof v === 'object') {
-    const o = v as Record<string, unknown>;
-    return `{${Object.keys(o)
-      .filter((k) => o[k] !== undefined)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(v);
-}
-
-/** The first path where two values differ (`spec.containers[0].image`), or null. */
-function firstDifference(a: unknown, b: unknown, path: string): string | null {
-  if (canonical(a) === canonical(b)) return null;
-  if (a && b && typeof a === 'object' && typeof b === 'object' && Array.isArray(a) === Array.isArray(b)) {
-    if (Array.isArray(a) && Array.isArray(b)) {
-      if (a.length !== b.length) return path;
-      for (let i = 0; i < a.length; i++) {
-        const d = firstDifference(a[i], b[i], `${path}[${i}]`);
-        if (d) return d;
-      }
-      return path;
-    }
-    const ao = a as Record<string, unknown>;
-    const bo = b as Record<string, unknown>;
-    for (const k of [...new Set([...Object.keys(ao), ...Object.keys(bo)])].sort()) {
-      const d = firstDifference(ao[k], bo[k], `${path}.${k}`);
-      if (d) return d;
-    }
-  }
-  return path;
-}
-
-/**
- * A Pod applied again, as Kubernetes treats it: metadata (labels, annotations) is updated in
- * place, the spec is immutable. Returns the object to write, null when nothing changed, and
- * throws a ValidationError naming the first spec field that differs.
- */
-export function podMetadataUpdate(existing: KubeObject, manifest: KubeObject): KubeObject | null {
-  const ns = existing.metadata.namespace ?? 'default';
-  const want = { ...((manifest.spec ?? {}) as Record<string, unknown>) };
-  const have = { ...((existing.spec ?? {}) as Record<string, unknown>) };
-  if (want.nodeName === undefined) delete have.nodeName; // the lab scheduled it
-  const diff = firstDifference(have, want, 'spec');
-  if (diff) {
-    throw new ValidationError(diff, 'immutable', `pod ${ns}/${existing.metadata.name}: ${diff} cannot change (a Pod's spec is immutable; delete the pod and apply it again)`);
-  }
-  const labels = manifest.metadata.labels ?? {};
-  const annotations = manifest.metadata.annotations ?? {};
-  if (canonical(labels) === canonical(existing.metadata.labels ?? {}) && canonical(annotations) === canonical(existing.metadata.annotations ?? {})) return null;
-  const metadata = { ...existing.metadata, labels, annotations };
-  if (Object.keys(labels).length === 0) delete (metadata as { labels?: unknown }).labels;
-  if (Object.keys(annotations).length === 0) delete (metadata as { annotations?: unknown }).annotations;
-  return { ...existing, metadata };
 }
 
 function templateHash(template: unknown): string {

@@ -2,7 +2,7 @@
  * The lab end to end, through the real CLI: real namespaces, real etcd, real agent processes.
  * Own state dir (and so own name prefix); cleaned up before and after.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES, TestLab, eventually, listNetns, requireRoot, sh, sleep } from '../helpers/lab.js';
 import { labPrefix } from '../../src/lab/state.js';
@@ -208,6 +208,9 @@ describe('lab', () => {
     expect(r.stderr).toContain('deployment/echo deleted');
     expect(podNs()).toEqual([]);
     expect((await lab.json(['lab', 'get', 'pods', '-A', '--context', 'c1'])).items).toEqual([]);
+    // no workload is wanted any more, and none of their pid or ready files is left
+    expect(readdirSync(join(lab.home, 'clusters', 'c1', 'procs')).filter((f) => f.startsWith('pod-'))).toEqual([]);
+    await eventually(async () => readdirSync(join(lab.home, 'clusters', 'c1', 'run')).filter((f) => f.startsWith('pod-')).length === 0, 5000, 'pod pid and ready files gone');
     const ipam = await sh('etcdctl', ['--endpoints', c1.store.endpoint, 'get', '--prefix', '/registry/meshctl/ipam/', '--keys-only']);
     expect(ipam.stdout.trim()).toBe('');
     await lab.ok(['lab', 'apply', '-f', join(FIXTURES, 'echo-app.yaml'), '--context', 'c1']);
