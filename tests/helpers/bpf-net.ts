@@ -330,8 +330,11 @@ export class BpfNet {
     return events;
   }
 
-  /** A long-running process in a namespace, killed at teardown. Resolves once it printed `ready`. */
-  async spawn(ns: string, cmd: string, args: string[]): Promise<ResultPromise> {
+  /**
+   * A long-running process in a namespace, killed at teardown. Resolves once it printed `ready`
+   * (with nothing: the child is a thenable that would make the promise wait for its exit).
+   */
+  async spawn(ns: string, cmd: string, args: string[]): Promise<void> {
     const child = execa('ip', ['netns', 'exec', ns, cmd, ...args], { reject: false, buffer: false });
     this.children.push(child);
     await new Promise<void>((ok, fail) => {
@@ -347,7 +350,6 @@ export class BpfNet {
         fail(new Error(`${cmd} in ${ns} exited: ${String(r.stderr ?? '')}`));
       });
     });
-    return child;
   }
 }
 
