@@ -273,8 +273,10 @@ struct mesh_ipcache_info {
 };
 
 /*
- * mesh_nodes: per peer node, how to reach it. The agent decides
- * tunnel/native/hybrid and writes the result here.
+ * mesh_nodes: per peer node, how to reach it and whether to trust it. The
+ * agent decides tunnel/native/hybrid and writes the result here. Only a node
+ * listed here may send tunnel traffic, and only with identities of its
+ * cluster_id; only a DIRECT one may route natively to our pods.
  *
  * key (4)          value (8)
  *  0        4       0       2       4       8
@@ -288,7 +290,7 @@ struct mesh_node_key {
 
 struct mesh_node_info {
 	__u16 node_id;
-	__u16 cluster_id;
+	__u16 cluster_id; /* identities it may send: cluster_id << 16 | local */
 	__u32 flags;      /* MESH_NODE_F_* */
 };
 
