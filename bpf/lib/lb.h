@@ -27,7 +27,8 @@ static __always_inline const struct mesh_service_info *lb_lookup_service(const s
 {
 	struct mesh_service_key key = { .vip = p->daddr, .dport = p->dport, .proto = p->proto };
 
-	if (!p->has_ports)
+	/* TCP/UDP only; later fragments carry their first fragment's ports. */
+	if (!p->has_ports && !(p->is_frag && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)))
 		return NULL;
 	return bpf_map_lookup_elem(&mesh_services, &key);
 }

@@ -41,6 +41,28 @@ const [port, name] = process.argv.slice(1);
 net.createServer((s) => { s.on('data', (d) => s.write(name + ':' + String(d).trim() + '\\n')); s.on('error', () => {}); })
   .listen(+port, '0.0.0.0', () => console.log('ready'));`;
 
+// UDP echo: answers every datagram with the same bytes.
+const UDP_ECHO_JS = `
+const dgram = require('node:dgram');
+const u = dgram.createSocket('udp4');
+u.on('message', (m, r) => u.send(m, r.port, r.address));
+u.bind(+process.argv[1], '0.0.0.0', () => console.log('ready'));`;
+
+// Sends one datagram of n bytes on a socket connected to vip:port (so only answers from the
+// VIP count) and prints the size of the answer, or "timeout".
+const UDP_CLIENT_PY = `
+import socket, sys
+vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((vip, port))
+s.send(b'f' * n)
+try:
+    print(len(s.recv(65536)))
+except socket.timeout:
+    print('timeout')
+`;
+
 // Connects, sends "1" and prints the answer; on "go" from stdin sends "2" and prints what
 // happens to it: the answer, the socket error, or "timeout" (black-holed).
 const CLIENT_JS = `
@@ -195,4 +217,21 @@ describe('a backend removed mid-connection', () => {
     net.setService(n1, svc, [{ ip: b.ip, port: 7000 }]);
     expect(await nextOutcome(conn)).toBe('reply b:2');
   }, 60_000);
+});
+
+describe('fragmented datagrams through a service', () => {
+  beforeAll(async () => {
+    await net.spawn(b.ns, process.execPath, ['-e', UDP_ECHO_JS, '5353']);
+    await net.spawn(c.ns, process.execPath, ['-e', UDP_ECHO_JS, '5353']);
+  }, 30_000);
+
+  test.each([
+    ['a local backend', 'b'],
+    ['a backend across the tunnel', 'c'],
+  ])('a 4 KB datagram to the VIP and its 4 KB answer, both fragmented, with %s', async (_name, which) => {
+    const backend = which === 'b' ? b : c;
+    net.setService(n1, { vip: VIP, port: 53, proto: Proto.udp, revNatId: 53 }, [{ ip: backend.ip, port: 5353 }]);
+    const r = await inNs(a.ns, 'python3', ['-c', UDP_CLIENT_PY, VIP, '53', '4000']);
+    expect(r.stdout.trim()).toBe('4000');
+  });
 });
