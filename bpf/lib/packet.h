@@ -90,7 +90,8 @@ struct mesh_pkt {
 	__u16 inner_sport;
 	__u16 inner_dport;
 	__u8  inner_proto;
-	__u8  pad2[3];
+	__u8  pad2;
+	__u16 inner_l4_off; /* offset of the quoted packet's L4 header */
 };
 
 /* Reads the context fields the verdict needs once, up front: clang may
@@ -168,8 +169,9 @@ static __always_inline void pkt_parse_icmp_error(struct __sk_buff *skb, struct m
 	p->inner_proto = inner.protocol;
 	p->inner_sport = 0;
 	p->inner_dport = 0;
+	p->inner_l4_off = inner_off + inner.ihl * 4;
 	if (!(inner.frag_off & bpf_htons(MESH_IP_FRAG_OFFSET_MASK)) &&
-	    pkt_read_ports(skb, inner_off + inner.ihl * 4, inner.protocol, &p->inner_sport,
+	    pkt_read_ports(skb, p->inner_l4_off, inner.protocol, &p->inner_sport,
 			   &p->inner_dport))
 		return;
 	p->icmp_err = 1;

@@ -49,7 +49,8 @@ u.on('message', (m, r) => u.send(m, r.port, r.address));
 u.bind(+process.argv[1], '0.0.0.0', () => console.log('ready'));`;
 
 // Sends one datagram of n bytes on a socket connected to vip:port (so only answers from the
-// VIP count) and prints the size of the answer, or "timeout".
+// VIP count) and prints the size of the answer, "refused" (an ICMP port unreachable the
+// kernel matched to this socket) or "timeout".
 const UDP_CLIENT_PY = `
 import socket, sys
 vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -59,6 +60,8 @@ s.connect((vip, port))
 s.send(b'f' * n)
 try:
     print(len(s.recv(65536)))
+except ConnectionRefusedError:
+    print('refused')
 except socket.timeout:
     print('timeout')
 `;
@@ -233,5 +236,19 @@ describe('fragmented datagrams through a service', () => {
     net.setService(n1, { vip: VIP, port: 53, proto: Proto.udp, revNatId: 53 }, [{ ip: backend.ip, port: 5353 }]);
     const r = await inNs(a.ns, 'python3', ['-c', UDP_CLIENT_PY, VIP, '53', '4000']);
     expect(r.stdout.trim()).toBe('4000');
+  });
+});
+
+describe('ICMP errors about service connections', () => {
+  test.each([
+    ['a local backend', 'b'],
+    ['a backend across the tunnel', 'c'],
+  ])("%s's port unreachable reaches the client as from the VIP", async (_name, which) => {
+    const backend = which === 'b' ? b : c;
+    // Nothing listens on 5999: the backend's kernel answers with ICMP port unreachable,
+    // quoting a packet to backend:5999 that the client never addressed.
+    net.setService(n1, { vip: VIP, port: 54, proto: Proto.udp, revNatId: 54 }, [{ ip: backend.ip, port: 5999 }]);
+    const r = await inNs(a.ns, 'python3', ['-c', UDP_CLIENT_PY, VIP, '54', '10']);
+    expect(r.stdout.trim()).toBe('refused');
   });
 });
