@@ -29,6 +29,14 @@
 /* Constants and enums shared with TypeScript                               */
 /* ---------------------------------------------------------------------- */
 
+/* Bumped whenever a shared struct changes meaning. libbpf reuses a pinned map
+ * whose type and sizes match, so a loader must not trust pins of another
+ * layout version (mesh_service_info kept its 8 bytes when count became u32).
+ *   1: the first layout
+ *   2: u32 backend slots, conntrack expiry/TCP state, lifetimes in config,
+ *      mesh_frags */
+#define MESH_LAYOUT_VERSION 2
+
 /* Cluster id in address keys. 0 = the one flat address space of the mesh;
  * a real cluster id goes here once overlapping pod CIDRs are supported. */
 #define MESH_CLUSTER_ANY 0

@@ -41,6 +41,13 @@ export const ProgramNames = {
   'to-container': 'mesh_to_container',
 } as const;
 
+/**
+ * Version of the shared struct layouts (MESH_LAYOUT_VERSION in common.h). libbpf reuses a pinned
+ * map whose type and sizes match even when its layout changed (mesh_service_info kept 8 bytes
+ * when count became u32), so a loader should treat pins of another version as a migration.
+ */
+export const LAYOUT_VERSION = 2;
+
 /** Cluster id written in address keys until overlapping pod CIDRs exist. */
 export const CLUSTER_ANY = 0;
 /** Identity 0 in a policy key matches any peer identity. */

@@ -28,6 +28,7 @@ import {
   IDENTITY_ANY,
   IDENTITY_MASK,
   MAX_SERVICE_BACKENDS,
+  LAYOUT_VERSION,
   IDENTITY_RESERVED_MAX,
   IDENTITY_CLUSTER_SHIFT,
   IDENTITY_CLUSTER_MASK,
@@ -87,6 +88,7 @@ describe('struct layouts agree with common.h', () => {
 
 describe('enum and flag values agree with common.h', () => {
   const cases: [string, number][] = [
+    ['MESH_LAYOUT_VERSION', LAYOUT_VERSION],
     ['MESH_CLUSTER_ANY', CLUSTER_ANY],
     ['MESH_IDENTITY_ANY', IDENTITY_ANY],
     ['MESH_IDENTITY_HOST', ReservedIdentity.host],
