@@ -34,6 +34,7 @@ const SERVER_JS = `
 const net = require('node:net'); const dgram = require('node:dgram');
 net.createServer((c) => { c.end('hello\\n'); }).listen(7001, '0.0.0.0');
 net.createServer((c) => { c.on('data', (d) => c.write(d)); c.on('error', () => {}); }).listen(7002, '0.0.0.0');
+net.createServer({ allowHalfOpen: true }, (c) => { c.on('data', () => {}); c.on('error', () => {}); }).listen(7003, '0.0.0.0');
 for (const port of [6001, 6002]) {
   const u = dgram.createSocket('udp4');
   u.on('message', (m) => console.log('udp ' + port + ' ' + m.length));
@@ -42,14 +43,16 @@ for (const port of [6001, 6002]) {
 setTimeout(() => console.log('ready'), 200);`;
 
 // Connects to host:port, optionally sends `bytes` bytes first; prints what comes back.
-// Mode "hold" keeps the connection open until killed.
+// Mode "hold" keeps the connection open until killed; "half" sends its FIN and then waits for
+// the other side, which never closes.
 const CLIENT_JS = `
 const net = require('node:net');
 const [host, port, mode, bytes] = process.argv.slice(1);
-const s = net.connect(+port, host);
+const s = net.connect({ port: +port, host, allowHalfOpen: true });
 let got = '';
 s.on('connect', () => {
   if (mode === 'hold') { s.write('x'); return; }
+  if (mode === 'half') { s.end('x', () => setTimeout(() => console.log('ready'), 100)); return; }
   if (+bytes) s.end(Buffer.alloc(+bytes, 0x62));
 });
 s.on('data', (d) => { got += d; if (mode === 'hold') console.log('ready'); });
@@ -138,6 +141,17 @@ describe('conntrack lifetimes', () => {
     expect(entriesTo(7001)).toEqual([]);
     expect(entriesTo(7002).length).toBe(2);
   }, 30_000);
+
+  test('a half-closed TCP connection (one FIN) keeps the established lifetime', async () => {
+    const half = await net.spawn(a.ns, 'env', ['CLIENT_TIMEOUT_MS=60000', process.execPath, '-e', CLIENT_JS, b.ip, '7003', 'half', '0']);
+    expect(half.lines).toContain('ready');
+    const entries = entriesTo(7003);
+    expect(entries.length).toBe(2);
+    for (const { entry } of entries) {
+      expect(entry.flags & (CtFlags.finOpener | CtFlags.finReply | CtFlags.closing)).toBe(CtFlags.finOpener);
+      expect(entry.expiresNs - entry.lastSeenNs).toBe(3600_000_000_000n);
+    }
+  });
 
   test('an expired UDP flow is treated as new (policy again) and then collected', async () => {
     net.setRule(n1, { endpointId: b.epId, direction: Direction.Ingress, proto: Proto.udp, identity: ID.a, dport: 6002 });

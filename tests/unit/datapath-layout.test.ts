@@ -154,6 +154,8 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_CT_F_SEEN_REPLY', CtFlags.seenReply],
     ['MESH_CT_F_ESTABLISHED', CtFlags.established],
     ['MESH_CT_F_CLOSING', CtFlags.closing],
+    ['MESH_CT_F_FIN_OPENER', CtFlags.finOpener],
+    ['MESH_CT_F_FIN_REPLY', CtFlags.finReply],
     ['MESH_CFG_F_NO_FLOWS', ConfigFlags.noFlows],
     ['MESH_CFG_F_FLOWS_NEW_ONLY', ConfigFlags.flowsNewOnly],
   ];
