@@ -23,6 +23,7 @@
 #include "lib/ipcache.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/lb.h"
 #include "lib/flow.h"
 
 static __always_inline int ipcache_is_this_node(const struct mesh_ipcache_info *info)
@@ -65,6 +66,12 @@ int mesh_to_container(struct __sk_buff *skb)
 				return verdict_drop(skb, &p, ret);
 		}
 		ct_create(&p, MESH_DIR_INGRESS, NULL);
+	} else if (p.ct_state == MESH_CT_RELATED) {
+		/* An error from the stack's side (a router) about the pod's service
+		 * connection names the backend: give the pod the VIP. */
+		ret = lb_rev_nat_to_pod(skb, &p, entry);
+		if (ret)
+			return verdict_drop(skb, &p, ret);
 	}
 	return verdict_forward(skb, &p, TC_ACT_OK);
 }

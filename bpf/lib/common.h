@@ -29,6 +29,14 @@
 /* Constants and enums shared with TypeScript                               */
 /* ---------------------------------------------------------------------- */
 
+/* Bumped whenever a shared struct changes meaning. libbpf reuses a pinned map
+ * whose type and sizes match, so a loader must not trust pins of another
+ * layout version (mesh_service_info kept its 8 bytes when count became u32).
+ *   1: the first layout
+ *   2: u32 backend slots, conntrack expiry/TCP state, lifetimes in config,
+ *      mesh_frags */
+#define MESH_LAYOUT_VERSION 2
+
 /* Cluster id in address keys. 0 = the one flat address space of the mesh;
  * a real cluster id goes here once overlapping pod CIDRs are supported. */
 #define MESH_CLUSTER_ANY 0
@@ -89,7 +97,7 @@
  * As Cilium's: a handshake that does not finish within a minute is gone,
  * an established TCP connection may idle for 6 h (longer than the usual
  * 2 h TCP keepalive, so idle keepalive'd connections survive), a closed
- * one (FIN or RST seen) lingers 10 s for the last ACKs and retransmits,
+ * one (RST, or FIN both ways) lingers 10 s for the last ACKs and retransmits,
  * and datagram "connections" (UDP, ICMP, other) idle out after 60 s. */
 #define MESH_CT_LIFETIME_TCP_SYN_S         60
 #define MESH_CT_LIFETIME_TCP_ESTABLISHED_S 21600
@@ -180,7 +188,9 @@ enum mesh_routing_mode {
 #define MESH_CT_F_SERVICE    (1U << 0) /* entry records a VIP -> backend choice */
 #define MESH_CT_F_SEEN_REPLY (1U << 1)
 #define MESH_CT_F_ESTABLISHED (1U << 2) /* TCP: the opener ACKed without SYN */
-#define MESH_CT_F_CLOSING    (1U << 3) /* TCP: FIN or RST seen in either direction */
+#define MESH_CT_F_CLOSING    (1U << 3) /* TCP: RST, or FIN both ways (SERVICE: the opener's) */
+#define MESH_CT_F_FIN_OPENER (1U << 4) /* TCP: the opener sent FIN */
+#define MESH_CT_F_FIN_REPLY  (1U << 5) /* TCP: the other side sent FIN */
 
 /* mesh_config.flags */
 #define MESH_CFG_F_NO_FLOWS  (1U << 0) /* do not emit flow events */
@@ -216,7 +226,7 @@ struct mesh_config {
 	__u32 netdev_ifindex; /* underlay device (eth0) for native routing */
 	__u32 ct_tcp_syn_s;   /* TCP until the opener's first bare ACK */
 	__u32 ct_tcp_established_s;
-	__u32 ct_tcp_close_s; /* TCP after a FIN or RST */
+	__u32 ct_tcp_close_s; /* TCP after an RST or a FIN each way */
 	__u32 ct_other_s;     /* UDP, ICMP, everything else */
 	__u32 pad;
 };
@@ -273,8 +283,10 @@ struct mesh_ipcache_info {
 };
 
 /*
- * mesh_nodes: per peer node, how to reach it. The agent decides
- * tunnel/native/hybrid and writes the result here.
+ * mesh_nodes: per peer node, how to reach it and whether to trust it. The
+ * agent decides tunnel/native/hybrid and writes the result here. Only a node
+ * listed here may send tunnel traffic, and only with identities of its
+ * cluster_id; only a DIRECT one may route natively to our pods.
  *
  * key (4)          value (8)
  *  0        4       0       2       4       8
@@ -288,7 +300,7 @@ struct mesh_node_key {
 
 struct mesh_node_info {
 	__u16 node_id;
-	__u16 cluster_id;
+	__u16 cluster_id; /* identities it may send: cluster_id << 16 | local */
 	__u32 flags;      /* MESH_NODE_F_* */
 };
 
@@ -423,7 +435,8 @@ struct mesh_revnat_info {
  *
  * Every packet moves expires_ns to now + the lifetime of the entry's state
  * (mesh_config ct_* seconds): TCP before the opener's bare ACK = syn, then
- * established, after a FIN or RST = close; anything else = other. An entry
+ * established, after an RST or a FIN each way = close (a SERVICE entry: the
+ * opener's FIN); anything else = other. An entry
  * past expires_ns is treated as missing; src/datapath/conntrack.ts deletes
  * such entries (same clock: CLOCK_MONOTONIC).
  *

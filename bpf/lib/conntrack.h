@@ -17,7 +17,7 @@
  *
  *   TCP, until the opener sends an ACK without SYN   ct_tcp_syn_s
  *   TCP, after that                                   ct_tcp_established_s
- *   TCP, once a FIN or RST passed either way          ct_tcp_close_s
+ *   TCP, after an RST or a FIN each way               ct_tcp_close_s
  *   UDP, ICMP, anything else                          ct_other_s
  *
  * An expired entry is treated as missing (the next packet is NEW and meets
@@ -65,12 +65,25 @@ static __always_inline __u64 ct_lifetime_ns(__u8 proto, __u8 ct_flags)
 	return ct_seconds_or(cfg->ct_tcp_syn_s, MESH_CT_LIFETIME_TCP_SYN_S);
 }
 
-/* The state flags a TCP packet moves an entry to (from_opener: it travels
- * the way the connection was opened). */
+/*
+ * The state flags a TCP packet moves an entry to (from_opener: it travels
+ * the way the connection was opened). A half-closed connection (one FIN)
+ * keeps its established lifetime, as the other side may still send for
+ * long; RST or a FIN each way closes it. A SERVICE entry only ever sees the
+ * opener's packets, so the opener's FIN closes it.
+ */
 static __always_inline __u8 ct_tcp_state(__u8 ct_flags, __u8 tcp_flags, int from_opener)
 {
-	if (tcp_flags & (MESH_TCP_FIN | MESH_TCP_RST))
+	if (tcp_flags & MESH_TCP_RST)
 		return ct_flags | MESH_CT_F_CLOSING;
+	if (tcp_flags & MESH_TCP_FIN) {
+		ct_flags |= from_opener ? MESH_CT_F_FIN_OPENER : MESH_CT_F_FIN_REPLY;
+		if ((ct_flags & MESH_CT_F_SERVICE) ||
+		    (ct_flags & (MESH_CT_F_FIN_OPENER | MESH_CT_F_FIN_REPLY)) ==
+			    (MESH_CT_F_FIN_OPENER | MESH_CT_F_FIN_REPLY))
+			ct_flags |= MESH_CT_F_CLOSING;
+		return ct_flags;
+	}
 	if (from_opener && (tcp_flags & MESH_TCP_ACK) && !(tcp_flags & MESH_TCP_SYN))
 		return ct_flags | MESH_CT_F_ESTABLISHED;
 	return ct_flags;

@@ -27,7 +27,8 @@ static __always_inline const struct mesh_service_info *lb_lookup_service(const s
 {
 	struct mesh_service_key key = { .vip = p->daddr, .dport = p->dport, .proto = p->proto };
 
-	if (!p->has_ports)
+	/* TCP/UDP only; later fragments carry their first fragment's ports. */
+	if (!p->has_ports && !(p->is_frag && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)))
 		return NULL;
 	return bpf_map_lookup_elem(&mesh_services, &key);
 }
@@ -146,6 +147,71 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct mesh_pkt *p,
 		return ret;
 	p->saddr = vip;
 	p->sport = port;
+	return 0;
+}
+
+/*
+ * An ICMP error about a translated connection (`entry` is the pod's egress
+ * entry, keyed with the backend): the quoted packet went to the backend, but
+ * the pod's socket knows the VIP. Rewrite the quoted destination (address,
+ * its IP checksum, port) and, when the backend itself sent the error, the
+ * outer source, so the pod's stack finds the socket (PMTU, ECONNREFUSED).
+ *
+ *   outer IP | ICMP type code csum .... | quoted IP (daddr) | quoted L4 (dport)
+ *
+ * The quoted IP header's checksum moves with its address, so its bytes keep
+ * their sum and the ICMP checksum only follows the port. The quoted L4
+ * checksum is left alone: receivers do not verify it.
+ */
+static __always_inline int lb_rev_nat_icmp_error(struct __sk_buff *skb, struct mesh_pkt *p,
+						 const struct mesh_ct_entry *entry)
+{
+	struct mesh_revnat_key key = { .rev_nat_id = entry->rev_nat_id };
+	const struct mesh_revnat_info *rn;
+	__u32 inner_ip_off = p->l4_off + MESH_ICMP_ERR_HLEN;
+	__u32 icmp_csum_off = p->l4_off + 2;
+	__u32 vip = entry->nat_ip, backend = p->inner_daddr;
+	__u16 port = entry->nat_port, old_port = p->inner_dport;
+
+	rn = bpf_map_lookup_elem(&mesh_revnat, &key);
+	if (rn) {
+		vip = rn->vip;
+		port = rn->port;
+	}
+	if (!vip)
+		return MESH_DROP_CT_INVALID;
+
+	if (bpf_l3_csum_replace(skb, inner_ip_off + offsetof(struct iphdr, check), backend, vip, sizeof(vip)) < 0 ||
+	    bpf_skb_store_bytes(skb, inner_ip_off + offsetof(struct iphdr, daddr), &vip, sizeof(vip), 0) < 0)
+		return MESH_DROP_WRITE_FAILED;
+	if ((p->inner_proto == IPPROTO_TCP || p->inner_proto == IPPROTO_UDP) && old_port != port) {
+		if (bpf_l4_csum_replace(skb, icmp_csum_off, old_port, port, sizeof(port)) < 0 ||
+		    bpf_skb_store_bytes(skb, p->inner_l4_off + 2, &port, sizeof(port), 0) < 0)
+			return MESH_DROP_WRITE_FAILED;
+	}
+	p->inner_daddr = vip;
+	p->inner_dport = port;
+
+	if (p->saddr == backend) {
+		if (bpf_l3_csum_replace(skb, MESH_IP_CSUM_OFF, backend, vip, sizeof(vip)) < 0 ||
+		    bpf_skb_store_bytes(skb, MESH_IP_SADDR_OFF, &vip, sizeof(vip), 0) < 0)
+			return MESH_DROP_WRITE_FAILED;
+		p->saddr = vip;
+	}
+	return 0;
+}
+
+/* Reverse NAT for what reaches a pod: replies and ICMP errors of
+ * connections it opened to a service. Returns 0 or a drop reason. */
+static __always_inline int lb_rev_nat_to_pod(struct __sk_buff *skb, struct mesh_pkt *p,
+					     const struct mesh_ct_entry *entry)
+{
+	if (!entry || !entry->rev_nat_id)
+		return 0;
+	if (p->ct_state == MESH_CT_REPLY)
+		return lb_rev_nat(skb, p, entry);
+	if (p->ct_state == MESH_CT_RELATED && p->icmp_err)
+		return lb_rev_nat_icmp_error(skb, p, entry);
 	return 0;
 }
 

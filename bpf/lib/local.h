@@ -20,7 +20,8 @@
 #include "lb.h"
 #include "flow.h"
 
-/* p->src_identity and p->path must be set by the caller. */
+/* p->src_identity and p->path must be set by the caller. Replies and ICMP
+ * errors of the pod's service connections are reverse-NATed to the VIP. */
 static __always_inline int local_deliver(struct __sk_buff *skb, struct mesh_pkt *p,
 					 const struct mesh_endpoint_info *ep)
 {
@@ -37,8 +38,8 @@ static __always_inline int local_deliver(struct __sk_buff *skb, struct mesh_pkt 
 		if (ret)
 			return verdict_drop(skb, p, ret);
 		ct_create(p, MESH_DIR_INGRESS, NULL);
-	} else if (p->ct_state == MESH_CT_REPLY && entry && entry->rev_nat_id) {
-		ret = lb_rev_nat(skb, p, entry);
+	} else {
+		ret = lb_rev_nat_to_pod(skb, p, entry);
 		if (ret)
 			return verdict_drop(skb, p, ret);
 	}

@@ -82,7 +82,7 @@ struct mesh_pkt {
 	__u8  path;         /* enum mesh_path */
 	__u8  tcp_flags;    /* MESH_TCP_* of a TCP packet, else 0 */
 	__u8  icmp_err;     /* ICMP error quoting a parsed packet: inner_* valid */
-	__u8  pad;
+	__u8  is_frag;      /* a later fragment: ports from mesh_frags, no L4 header */
 	__u32 ifindex;      /* device the program runs on */
 	/* ICMP errors: the tuple of the quoted packet, as it was sent */
 	__u32 inner_saddr;
@@ -90,7 +90,8 @@ struct mesh_pkt {
 	__u16 inner_sport;
 	__u16 inner_dport;
 	__u8  inner_proto;
-	__u8  pad2[3];
+	__u8  pad2;
+	__u16 inner_l4_off; /* offset of the quoted packet's L4 header */
 };
 
 /* Reads the context fields the verdict needs once, up front: clang may
@@ -168,8 +169,9 @@ static __always_inline void pkt_parse_icmp_error(struct __sk_buff *skb, struct m
 	p->inner_proto = inner.protocol;
 	p->inner_sport = 0;
 	p->inner_dport = 0;
+	p->inner_l4_off = inner_off + inner.ihl * 4;
 	if (!(inner.frag_off & bpf_htons(MESH_IP_FRAG_OFFSET_MASK)) &&
-	    pkt_read_ports(skb, inner_off + inner.ihl * 4, inner.protocol, &p->inner_sport,
+	    pkt_read_ports(skb, p->inner_l4_off, inner.protocol, &p->inner_sport,
 			   &p->inner_dport))
 		return;
 	p->icmp_err = 1;
@@ -181,8 +183,9 @@ static __always_inline void pkt_parse_icmp_error(struct __sk_buff *skb, struct m
  *
  * Fragments: the first one (MF set, offset 0) records its ports in
  * mesh_frags under (saddr, daddr, IP id, proto); the later ones carry no
- * L4 header and take the ports from there, so policy and conntrack judge
- * them like the first. has_ports stays 0 for them (nothing to rewrite).
+ * L4 header and take the ports from there, so policy, conntrack and service
+ * translation judge them like the first (is_frag set, has_ports 0: only the
+ * addresses can be rewritten, the first fragment carried the ports).
  */
 static __always_inline int pkt_parse_ipv4(struct __sk_buff *skb, struct mesh_pkt *p)
 {
@@ -207,6 +210,7 @@ static __always_inline int pkt_parse_ipv4(struct __sk_buff *skb, struct mesh_pkt
 	p->has_ports = 0;
 	p->tcp_flags = 0;
 	p->icmp_err = 0;
+	p->is_frag = 0;
 
 	fkey.saddr = ip.saddr;
 	fkey.daddr = ip.daddr;
@@ -219,6 +223,7 @@ static __always_inline int pkt_parse_ipv4(struct __sk_buff *skb, struct mesh_pkt
 			return MESH_DROP_FRAG_NOT_FOUND;
 		p->sport = fports->sport;
 		p->dport = fports->dport;
+		p->is_frag = 1;
 		return 0;
 	}
 
@@ -284,8 +289,8 @@ static __always_inline int pkt_rewrite_port(struct __sk_buff *skb, const struct 
 	__u32 csum_off = pkt_l4_csum_off(p);
 	__u32 port_off = p->l4_off + (is_dst ? 2 : 0);
 
-	if (old_port == new_port)
-		return 0;
+	if (old_port == new_port || p->is_frag)
+		return 0; /* a later fragment has no L4 header: the first one held the ports */
 	if (!csum_off || !p->has_ports)
 		return MESH_DROP_WRITE_FAILED;
 	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,

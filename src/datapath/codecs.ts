@@ -41,6 +41,13 @@ export const ProgramNames = {
   'to-container': 'mesh_to_container',
 } as const;
 
+/**
+ * Version of the shared struct layouts (MESH_LAYOUT_VERSION in common.h). libbpf reuses a pinned
+ * map whose type and sizes match even when its layout changed (mesh_service_info kept 8 bytes
+ * when count became u32), so a loader should treat pins of another version as a migration.
+ */
+export const LAYOUT_VERSION = 2;
+
 /** Cluster id written in address keys until overlapping pod CIDRs exist. */
 export const CLUSTER_ANY = 0;
 /** Identity 0 in a policy key matches any peer identity. */
@@ -160,8 +167,18 @@ export const IpcacheFlags = { node: 1 << 0, localNode: 1 << 1, encrypt: 1 << 2 }
 export const NodeFlags = { direct: 1 << 0, encrypt: 1 << 1 } as const;
 export const PolicyFlags = { deny: 1 << 0 } as const;
 export const ServiceFlags = { global: 1 << 0 } as const;
-/** `established`: TCP, the opener ACKed without SYN; `closing`: TCP, a FIN or RST passed. */
-export const CtFlags = { service: 1 << 0, seenReply: 1 << 1, established: 1 << 2, closing: 1 << 3 } as const;
+/**
+ * `established`: TCP, the opener ACKed without SYN; `closing`: TCP, an RST or a FIN each way (a
+ * SERVICE entry: the opener's FIN); `finOpener`/`finReply`: which side sent a FIN.
+ */
+export const CtFlags = {
+  service: 1 << 0,
+  seenReply: 1 << 1,
+  established: 1 << 2,
+  closing: 1 << 3,
+  finOpener: 1 << 4,
+  finReply: 1 << 5,
+} as const;
 /** TCP header flag bits, as in `CtEntry.tcpFlags`. */
 export const TcpFlags = { fin: 0x01, syn: 0x02, rst: 0x04, psh: 0x08, ack: 0x10 } as const;
 /** `noFlows`: no flow events at all; `flowsNewOnly`: only new connections and drops (counters unaffected). */

@@ -330,14 +330,20 @@ export class BpfNet {
     return events;
   }
 
-  /** A long-running process in a namespace, killed at teardown. Resolves once it printed `ready`. */
-  async spawn(ns: string, cmd: string, args: string[]): Promise<ResultPromise> {
+  /**
+   * A long-running process in a namespace, killed at teardown. Resolves once it printed `ready`,
+   * with the lines it prints (filled as they come).
+   */
+  async spawn(ns: string, cmd: string, args: string[]): Promise<{ readonly lines: string[] }> {
     const child = execa('ip', ['netns', 'exec', ns, cmd, ...args], { reject: false, buffer: false });
     this.children.push(child);
+    const lines: string[] = [];
     await new Promise<void>((ok, fail) => {
       const timer = setTimeout(() => fail(new Error(`${cmd} in ${ns} did not start`)), 10_000);
       child.stdout!.on('data', (d: Buffer) => {
-        if (String(d).includes('ready')) {
+        const got = String(d).split('\n').filter(Boolean);
+        lines.push(...got);
+        if (got.includes('ready')) {
           clearTimeout(timer);
           ok();
         }
@@ -347,7 +353,8 @@ export class BpfNet {
         fail(new Error(`${cmd} in ${ns} exited: ${String(r.stderr ?? '')}`));
       });
     });
-    return child;
+    // Not the child itself: it is a thenable, and resolving with it would wait for its exit.
+    return { lines };
   }
 }
 

@@ -31,6 +31,7 @@ import {
   POLICY_PREFIX_L3,
   POLICY_PREFIX_PROTO,
   POLICY_PREFIX_FULL,
+  LAYOUT_VERSION,
   IDENTITY_RESERVED_MAX,
   IDENTITY_CLUSTER_SHIFT,
   IDENTITY_CLUSTER_MASK,
@@ -90,6 +91,7 @@ describe('struct layouts agree with common.h', () => {
 
 describe('enum and flag values agree with common.h', () => {
   const cases: [string, number][] = [
+    ['MESH_LAYOUT_VERSION', LAYOUT_VERSION],
     ['MESH_CLUSTER_ANY', CLUSTER_ANY],
     ['MESH_IDENTITY_ANY', IDENTITY_ANY],
     ['MESH_IDENTITY_HOST', ReservedIdentity.host],
@@ -158,6 +160,8 @@ describe('enum and flag values agree with common.h', () => {
     ['MESH_CT_F_SEEN_REPLY', CtFlags.seenReply],
     ['MESH_CT_F_ESTABLISHED', CtFlags.established],
     ['MESH_CT_F_CLOSING', CtFlags.closing],
+    ['MESH_CT_F_FIN_OPENER', CtFlags.finOpener],
+    ['MESH_CT_F_FIN_REPLY', CtFlags.finReply],
     ['MESH_CFG_F_NO_FLOWS', ConfigFlags.noFlows],
     ['MESH_CFG_F_FLOWS_NEW_ONLY', ConfigFlags.flowsNewOnly],
   ];
