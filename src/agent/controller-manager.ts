@@ -18,10 +18,11 @@ import type { Datapath } from '../datapath/datapath.js';
 import { MapNames } from '../datapath/codecs.js';
 import { flushConntrack, gcConntrack } from '../datapath/conntrack.js';
 import { parseNamespace, parseNode, parsePod, parseService } from '../cluster/schemas.js';
+import { parseIdentity } from '../cluster/identity.js';
 import { errorMessage } from '../util/errors.js';
 import { compactMeshEndpoint, compactPod } from './compact.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
-import { PolicyEngine } from './policy-engine.js';
+import { CIDR_IDENTITY_BASE, PolicyEngine } from './policy-engine.js';
 import { EndpointsController } from './controllers/endpoints.js';
 import { IpcacheController } from './controllers/ipcache.js';
 import { NodesController } from './controllers/nodes.js';
@@ -117,10 +118,13 @@ export class ControllerManager {
       namespaces: f.informer('namespaces', { parse: typed(parseNamespace) }),
       networkPolicies: f.informer('networkpolicies'),
       meshNetworkPolicies: f.informer('meshnetworkpolicies'),
-      identities: f.informer('meshidentities', { indexers: { [Index.identitiesByLabels]: (i: KubeObject) => [String((i.spec as { labelsHash?: string })?.labelsHash ?? '')] } }),
+      identities: f.informer('meshidentities', { parse: typed(parseIdentity), indexers: { [Index.identitiesByLabels]: (i: KubeObject) => [String((i.spec as { labelsHash?: string })?.labelsHash ?? '')] } }),
       meshEndpoints: f.informer('meshendpoints', { parse: compactMeshEndpoint, indexers: { [Index.meshEndpointsByIp]: (e: KubeObject) => [String((e.spec as { ip?: string })?.ip ?? '')] } }),
     };
-    this.policyEngine = new PolicyEngine({ clusterName: cluster });
+    // CIDR identities a previous run put in the ipcache keep their numbers, so a restart rewrites nothing.
+    const adopted = new Map<string, number>();
+    for (const [prefix, info] of o.dp.realizedIpcache((i) => (i.identity & CIDR_IDENTITY_BASE) !== 0)) adopted.set(prefix, info.identity);
+    this.policyEngine = new PolicyEngine({ clusterName: cluster, cidrIdentities: adopted });
     const deps: ControllerDeps = {
       self: o.self,
       informers: this.informers,

@@ -876,6 +876,22 @@ export class Datapath {
     });
   }
 
+  /**
+   * Ipcache entries as the kernel holds them (the shadow: the adopting dump plus our writes) whose
+   * value passes `filter`, as a.b.c.d/n → value. A walk of the whole shadow: for start-up only.
+   */
+  realizedIpcache(filter: (info: IpcacheInfo) => boolean): Map<string, IpcacheInfo> {
+    const out = new Map<string, IpcacheInfo>();
+    for (const e of this.state(MapNames.ipcache).entries.values()) {
+      if (e.realized === undefined) continue;
+      const info = ipcacheInfoCodec.decode(buf(e.realized));
+      if (!filter(info)) continue;
+      const key = ipcacheKeyCodec.decode(buf(e.key));
+      out.set(`${key.ip}/${key.prefixLen}`, info);
+    }
+    return out;
+  }
+
   /** Node addresses `owner` wants in the node map. */
   nodeIps(owner: Owner = 'local'): string[] {
     return this.state(MapNames.nodes).keysOf(checkOwner(owner)).map((k) => nodeKeyCodec.decode(buf(k)).ip);

@@ -47,7 +47,17 @@ export class IpcacheController implements Controller {
       if (!h) return;
       for (const p of pods.byIndex(Index.podsByIdentityLabels, h)) ipOf(p).forEach((k) => this.queue.add(k));
     };
-    identities.addEventHandler({ onAdd: byHash, onUpdate: (_a, b) => byHash(b), onDelete: byHash });
+    // An identity's record changes on every touch (status.lastUsed); only a new labels hash matters.
+    const hashOf = (i: KubeObject): string | undefined => (i.spec as { labelsHash?: string } | undefined)?.labelsHash;
+    identities.addEventHandler({
+      onAdd: byHash,
+      onUpdate: (a, b) => {
+        if (hashOf(a) === hashOf(b)) return;
+        byHash(a);
+        byHash(b);
+      },
+      onDelete: byHash,
+    });
   }
 
   initialKeys(): Iterable<string> {

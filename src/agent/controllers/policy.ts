@@ -28,7 +28,15 @@ export class PolicyController implements Controller {
     const nsKey = (o: KubeObject): string => `namespace/${o.metadata.name}`;
     d.informers.namespaces.addEventHandler({ onAdd: (o) => this.queue.add(nsKey(o)), onUpdate: (_a, b) => this.queue.add(nsKey(b)), onDelete: (o) => this.queue.add(nsKey(o)) });
     const idKey = (o: KubeObject): string => `identity/${o.metadata.name}`;
-    d.informers.identities.addEventHandler({ onAdd: (o) => this.queue.add(idKey(o)), onUpdate: (_a, b) => this.queue.add(idKey(b)), onDelete: (o) => this.queue.add(idKey(o)) });
+    // A touch (status.lastUsed) changes nothing policy reads.
+    const labelsOf = (o: KubeObject): string => JSON.stringify((o.spec as { labels?: unknown } | undefined)?.labels ?? null);
+    d.informers.identities.addEventHandler({
+      onAdd: (o) => this.queue.add(idKey(o)),
+      onUpdate: (a, b) => {
+        if (labelsOf(a) !== labelsOf(b)) this.queue.add(idKey(b));
+      },
+      onDelete: (o) => this.queue.add(idKey(o)),
+    });
   }
 
   initialKeys(): Iterable<string> {
