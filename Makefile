@@ -65,6 +65,8 @@ demo: deps build
 # Benchmarks (root; each compares with a baseline measured in the same run). Not part of `make test`.
 bench: deps build
 	$(NODE) dist/bench/ipcache.js
+	$(NODE) --expose-gc dist/bench/agent.js
+	$(NODE) dist/bench/density.js
 	$(NODE) dist/bench/datapath.js
 
 clean:
