@@ -58,3 +58,9 @@ export const LABEL_CLUSTER = 'io.cilium.k8s.policy.cluster';
 
 /** Routing protocol number on the kernel routes an agent installs (so a restarted agent finds its own). */
 export const AGENT_ROUTE_PROTO = 199;
+
+/**
+ * Most policy map entries one endpoint may take in one direction; a policy that would need more
+ * makes that endpoint deny in that direction and is reported (one bad policy never fills the map).
+ */
+export const POLICY_MAX_ENTRIES_PER_DIRECTION = 16_384;

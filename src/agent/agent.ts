@@ -6,11 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { AGENT_STATUS_TTL_S } from '../defaults.js';
 import type { ClusterClient } from '../cluster/client.js';
-import type { EtcdClusterClient } from '../cluster/etcd-client.js';
 import { Datapath, nodePinDir } from '../datapath/datapath.js';
 import { Observability } from './observability.js';
 import { ControllerManager } from './controller-manager.js';
-import { EtcdIdentityAllocator } from '../cluster/identity-etcd.js';
 import { LabEndpointSource } from '../cluster/endpoint-source.js';
 import type { IdentityAllocator } from '../cluster/identity.js';
 import type { KubeObject } from '../cluster/types.js';
@@ -55,12 +53,14 @@ export class Agent {
   private loops: Promise<void>[] = [];
   private dp: Datapath | null = null;
   private manager: ControllerManager | null = null;
-  private identities: IdentityAllocator | null = null;
+
   private readonly obs: Observability;
 
   constructor(
     readonly opts: AgentOptions,
-    private readonly client: ClusterClient & Pick<EtcdClusterClient, 'etcd'>,
+    private readonly client: ClusterClient,
+    /** Allocates this node's identities (the lab's is on its store; a Kubernetes one would use CRDs). */
+    private readonly identities: IdentityAllocator,
     private readonly log: (msg: string) => void = (m) => process.stderr.write(`${new Date().toISOString()} ${m}\n`),
   ) {
     this.obs = new Observability(opts.node, () => this.manager?.stats ?? null);
@@ -75,7 +75,7 @@ export class Agent {
     this.stopped = true;
     this.manager?.stop();
     await Promise.allSettled(this.loops);
-    await this.identities?.stop();
+    await this.identities.stop();
     this.obs.close();
     this.dp?.close();
     await this.client.close();
@@ -102,7 +102,6 @@ export class Agent {
       }
     }
     if (this.stopped || !this.dp) return;
-    this.identities = new EtcdIdentityAllocator(this.client, { clusterId: o.clusterId, holder: o.node, onError: (err) => this.noteError(`identities: ${errorMessage(err)}`) });
     while (!this.stopped) {
       const manager = new ControllerManager({
         self: { cluster: o.cluster, clusterId: o.clusterId, node: o.node, nodeIp: o.nodeIp, podCidr: o.podCidr, vpc: o.vpc, routing: o.routing as 'tunnel' | 'native' | 'hybrid' },

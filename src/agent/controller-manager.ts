@@ -19,6 +19,7 @@ import { MapNames } from '../datapath/codecs.js';
 import { flushConntrack, gcConntrack } from '../datapath/conntrack.js';
 import { parseNamespace, parseNode, parsePod, parseService } from '../cluster/schemas.js';
 import { parseIdentity } from '../cluster/identity.js';
+import { POLICY_MAX_ENTRIES_PER_DIRECTION } from '../defaults.js';
 import { errorMessage } from '../util/errors.js';
 import { compactMeshEndpoint, compactPod } from './compact.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
@@ -124,7 +125,7 @@ export class ControllerManager {
     // CIDR identities a previous run put in the ipcache keep their numbers, so a restart rewrites nothing.
     const adopted = new Map<string, number>();
     for (const [prefix, info] of o.dp.realizedIpcache((i) => (i.identity & CIDR_IDENTITY_BASE) !== 0)) adopted.set(prefix, info.identity);
-    this.policyEngine = new PolicyEngine({ clusterName: cluster, cidrIdentities: adopted });
+    this.policyEngine = new PolicyEngine({ clusterName: cluster, cidrIdentities: adopted, maxEntriesPerDirection: POLICY_MAX_ENTRIES_PER_DIRECTION });
     const deps: ControllerDeps = {
       self: o.self,
       informers: this.informers,

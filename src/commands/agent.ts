@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { Agent } from '../agent/agent.js';
 import { EtcdClusterClient } from '../cluster/etcd-client.js';
+import { EtcdIdentityAllocator } from '../cluster/identity-etcd.js';
 
 export function agentCommand(): Command {
   return new Command('agent')
@@ -21,6 +22,8 @@ export function agentCommand(): Command {
     .option('--no-datapath', 'do not program the eBPF datapath')
     .action(async (o: Record<string, string> & { datapath: boolean }) => {
       const client = new EtcdClusterClient({ endpoints: [o.store] });
+      const log = (m: string): void => void process.stderr.write(`${new Date().toISOString()} ${m}\n`);
+      const identities = new EtcdIdentityAllocator(client, { clusterId: Number(o.clusterId), holder: o.node, onError: (err) => log(`identities: ${err.message}`) });
       const agent = new Agent(
         {
           cluster: o.cluster,
@@ -37,6 +40,8 @@ export function agentCommand(): Command {
           datapath: o.datapath,
         },
         client,
+        identities,
+        log,
       );
       agent.start();
       process.stderr.write(`${new Date().toISOString()} agent ${o.node} of ${o.cluster} started (pid ${process.pid})\n`);

@@ -14,6 +14,7 @@ import { labPrefix } from '../../src/lab/state.js';
 import { pidAlive } from '../../src/util/exec.js';
 import { BpfMap } from '../../src/datapath/addon.js';
 import { ctKeyCodec } from '../../src/datapath/codecs.js';
+import { EtcdClusterClient } from '../../src/cluster/etcd-client.js';
 
 const lab = new TestLab('/tmp/meshctl-test-controllers');
 const prefix = labPrefix(lab.home);
@@ -118,6 +119,37 @@ test('the same policy written straight into the store makes its endpoints deny i
     await etcdctl(['del', '/registry/meshnetworkpolicies/ctl/deny-other']);
   }
   await eventually(async () => (await curl(client, echo)).exitCode === 0, 20_000, 'echo reachable once the policy is gone');
+});
+
+test('a policy too big for its map is reported and denies its endpoints; every other endpoint keeps working', async () => {
+  const client = await pod('client');
+  const echos = (await pods()).filter((p) => p.name.startsWith('echo-'));
+  const sticky = await pod('sticky-1');
+  await eventually(async () => (await curl(client, echos[0])).exitCode === 0, 20_000, 'client reaches echo before the policy');
+  // 17,000 single ports that share no aligned prefix: more policy map entries than one endpoint may take.
+  const ports = Array.from({ length: 17_000 }, (_, i) => ({ port: String(2 * i + 1), protocol: 'TCP' }));
+  const big = {
+    apiVersion: 'cilium.io/v2',
+    kind: 'MeshNetworkPolicy',
+    metadata: { name: 'too-big', namespace: 'ctl' },
+    spec: { endpointSelector: { matchLabels: { app: 'echo' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }], toPorts: [{ ports }] }] },
+  };
+  const store_ = new EtcdClusterClient({ endpoints: [store] });
+  try {
+    await store_.put('meshnetworkpolicies', big);
+    for (const e of echos) await eventually(async () => (await curl(client, e, 8080, 1)).exitCode === 28, 20_000, `${e.name} denies ingress`);
+    const st = await eventually(async () => {
+      const x = await nodeStatus(echos[0].node);
+      return JSON.stringify(x?.datapath?.policyProblems ?? []).includes('too-big') ? x : null;
+    }, 15_000, 'the policy reported in status');
+    expect(JSON.stringify(st.datapath.policyProblems)).toMatch(/policy map entries/);
+    // Everything else is still programmed: a pod the policy does not select answers.
+    expect((await curl(client, sticky)).exitCode).toBe(0);
+  } finally {
+    await store_.delete('meshnetworkpolicies', 'ctl', 'too-big');
+    await store_.close();
+  }
+  for (const e of echos) await eventually(async () => (await curl(client, e)).exitCode === 0, 20_000, `${e.name} reachable again`);
 });
 
 test('one pod whose identity cannot be allocated is reported alone; every other endpoint is programmed; a restarted agent is not ready while it fails', async () => {
