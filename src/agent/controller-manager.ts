@@ -39,7 +39,7 @@ export interface ControllerManagerOptions {
   readonly identities: IdentityAllocator;
   readonly endpointSource: EndpointSource;
   readonly log: (msg: string) => void;
-  /** How often expired conntrack entries are collected, ms; default 5000. */
+  /** How often expired conntrack entries are collected, ms; default 15000. */
   readonly conntrackGcMs?: number;
   /** How often the datapath is compared with the kernel maps (drift repair), ms; default 300000. */
   readonly repairMs?: number;
@@ -178,7 +178,7 @@ export class ControllerManager {
     this.stats.removedStaleRoutes = await this.nodes.removeLeftoverRoutes();
     await this.removeOrphanEndpoints();
     this.updateReady();
-    const gcMs = this.o.conntrackGcMs ?? 5000;
+    const gcMs = this.o.conntrackGcMs ?? 15_000;
     this.timers.push(
       setInterval(() => {
         try {

@@ -3,7 +3,7 @@
  * the node's pin dir (sized at load, migrated when a pinned map has another size), sets up the
  * VXLAN device, attaches programs, and writes the maps as deltas (see {@link Datapath}).
  */
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { BPF_PIN_ROOT } from '../defaults.js';
 import { ip } from '../util/exec.js';
@@ -25,6 +25,7 @@ import {
   ipcacheInfoCodec,
   ipcacheKeyCodec,
   IPCACHE_PREFIX_BASE,
+  LAYOUT_VERSION,
   metricsKeyCodec,
   nodeInfoCodec,
   nodeKeyCodec,
@@ -498,7 +499,9 @@ export class Datapath {
     const dp = new Datapath(opts);
     try {
       const objs = await compilePrograms(opts.cacheDir);
+      dropPinsOfOtherLayout(opts.pinDir);
       const old = await dp.loadObjects(objs);
+      mkdirSync(layoutMarker(opts.pinDir), { recursive: true });
       for (const name of Object.values(MapNames)) dp.maps.set(name, BpfMap.openPinned(join(opts.pinDir, name)));
       const copied = dp.copyMigrated(old);
       await dp.setupDevices();
@@ -1138,6 +1141,21 @@ function resolveSizes(given: Partial<MapSizes> | undefined): MapSizes {
 }
 
 const checkedOwners = new Set<string>(['local']);
+
+/** A directory in the pin dir naming the struct layout its maps were made with. */
+function layoutMarker(pinDir: string): string {
+  return join(pinDir, `layout-v${LAYOUT_VERSION}`);
+}
+
+/**
+ * libbpf reuses a pinned map whose type and sizes match even when the layout of its values
+ * changed, which would be read wrongly: pins made with another layout (no marker of this one) are
+ * removed before loading, so the maps are made anew and the agent states everything again.
+ */
+function dropPinsOfOtherLayout(pinDir: string): void {
+  if (!existsSync(pinDir) || existsSync(layoutMarker(pinDir))) return;
+  for (const f of readdirSync(pinDir)) rmSync(join(pinDir, f), { recursive: true, force: true });
+}
 
 function checkOwner(owner: Owner): Owner {
   if (checkedOwners.has(owner)) return owner;
