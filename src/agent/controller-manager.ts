@@ -275,6 +275,14 @@ export class ControllerManager {
   }
 
   private refreshStats(): void {
+    try {
+      this.collectStats();
+    } catch (err) {
+      this.note(`stats: ${errorMessage(err)}`);
+    }
+  }
+
+  private collectStats(): void {
     const s = this.stats;
     s.endpoints = this.endpoints.count;
     s.errors = this.order.flatMap((c) => c.queue.errors().map((e) => ({ ...e, controller: c.name })));

@@ -688,9 +688,10 @@ export class PolicyEngine {
     if (this.policySpecs.get(key) === fingerprint) return;
     const parsed = parsePolicy({ ...obj, metadata: { ...obj.metadata, namespace } }, this.cluster);
     const old = this.policies.get(key);
-    // Acquire the new selectors before releasing the old ones: shared ones stay evaluated.
+    // Acquire the new selectors before releasing the old ones: shared ones stay evaluated. The user
+    // is this policy in both, so a selector the new version still has is not released.
     for (const [k, s] of parsed.selectors) this.acquireSelector(k, s, key);
-    if (old) for (const k of old.selectors.keys()) this.releaseSelector(k, key);
+    if (old) for (const k of old.selectors.keys()) if (!parsed.selectors.has(k)) this.releaseSelector(k, key);
     this.policies.set(key, parsed);
     this.policySpecs.set(key, fingerprint);
     addTo(this.policiesByNs, namespace, key);

@@ -211,3 +211,20 @@ describe('fail closed and limits', () => {
     expect(e.problems()).toEqual([{ policy: 'NetworkPolicy x/big', severity: 'denied', message: 'endpoint a: ingress needs 16 policy map entries, more than 4; it denies all ingress' }]);
   });
 });
+
+describe('a policy updated in place', () => {
+  test('keeps the selectors its new version still has, and its endpoints get the new rules', () => {
+    const e = cluster(1);
+    expect(rules(e, 'ns0/server')).toEqual([expect.stringContaining(String((1 << 16) | 1))]);
+    // Same name, same peer selector, narrowed to one port (this released the shared selector once).
+    e.upsertPolicy(np('p', 'ns0', { podSelector: { matchLabels: { app: 'server' } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: 'client' } } }], ports: [{ port: 9000 }] }] }));
+    expect([...e.takeDirty()]).toEqual(['ns0/server']);
+    const now = rules(e, 'ns0/server');
+    expect(now).toHaveLength(1);
+    expect(now[0]).toContain('9000');
+    expect(() => e.problems()).not.toThrow();
+    // A later identity of the selected labels still reaches the rule through the kept selector.
+    e.upsertIdentity((1 << 16) | 99, lbl('ns0', { app: 'client', v: '2' }));
+    expect(rules(e, 'ns0/server')).toHaveLength(2);
+  });
+});
