@@ -68,14 +68,6 @@ interface Span {
   deny: boolean;
 }
 
-/** Does `a` match every packet `b` matches (same identity assumed)? */
-function covers(a: Span, b: Span): boolean {
-  if (a.proto === 0) return true;
-  if (b.proto !== a.proto || a.bits > b.bits) return false;
-  const shift = 16 - a.bits;
-  return a.bits === 0 || b.port >>> shift === a.port >>> shift;
-}
-
 function spansOf(rules: readonly PolicyRule[]): Span[] {
   const byKey = new Map<string, Span>();
   const add = (s: Omit<Span, 'deny'>, deny: boolean) => {
@@ -111,12 +103,31 @@ function resolveSpans(rules: readonly PolicyRule[]): Span[] {
     else byIdentity.set(s.identity, [s]);
   }
   const out: Span[] = [];
+  // A span's coverers are the L3 span and its proper prefixes (at most 16 per protocol): found by
+  // key, so resolving n spans costs O(n), not a comparison of every pair.
+  const at = (proto: number, bits: number, port: number): string => `${proto}/${bits}/${bits === 0 ? 0 : port >>> (16 - bits)}`;
   for (const group of byIdentity.values()) {
-    const denies = group.filter((s) => s.deny);
-    for (const s of group) if (!s.deny && denies.some((d) => covers(d, s))) s.deny = true;
+    const byPrefix = new Map<string, Span>();
+    let l3: Span | undefined;
     for (const s of group) {
-      if (!group.some((o) => o !== s && o.deny === s.deny && covers(o, s))) out.push(s);
+      if (s.proto === 0) l3 = s;
+      else byPrefix.set(at(s.proto, s.bits, s.port), s);
     }
+    const coverers = (s: Span): Span[] => {
+      const found: Span[] = [];
+      if (s.proto === 0) return found;
+      if (l3) found.push(l3);
+      for (let b = s.bits - 1; b >= 0; b--) {
+        const a = byPrefix.get(at(s.proto, b, s.port));
+        if (a) found.push(a);
+      }
+      return found;
+    };
+    // A coverer that is a deny makes the span a deny (the coverers of a coverer cover it too, so
+    // the verdicts as given are enough).
+    const denied = new Set(group.filter((s) => s.deny));
+    for (const s of group) if (!s.deny && coverers(s).some((c) => denied.has(c))) s.deny = true;
+    for (const s of group) if (!coverers(s).some((c) => c.deny === s.deny)) out.push(s);
   }
   return out.sort((a, b) => a.identity - b.identity || a.proto - b.proto || a.port - b.port || a.bits - b.bits);
 }
