@@ -8,7 +8,7 @@ import { IpcacheFlags, NodeFlags, ReservedIdentity } from '../../datapath/codecs
 import { AGENT_ROUTE_PROTO } from '../../defaults.js';
 import { ip } from '../../util/exec.js';
 import { WorkQueue } from '../workqueue.js';
-import { Index, type Controller, type ControllerDeps, type NodeIdentity } from './shared.js';
+import { type Controller, type ControllerDeps, type NodeIdentity } from './shared.js';
 
 export interface NodeView {
   readonly name: string;
@@ -153,9 +153,4 @@ export class NodesController implements Controller {
     }
     return this.gw;
   }
-}
-
-/** Pods of a node, by the pods informer's node index. */
-export function podsOfNode(d: ControllerDeps, node: string): string[] {
-  return d.informers.pods.byIndex(Index.podsByNode, node).map((p) => (p.status as { podIP?: string })?.podIP ?? '').filter(Boolean);
 }

@@ -96,19 +96,3 @@ export function namedPorts(pod: KubeObject): Record<string, Array<{ port: number
   }
   return out;
 }
-
-/** Register add/update/delete handlers that map each object (old and new) to keys of a queue. */
-export function enqueueOn(informer: Informer, queue: WorkQueue, keys: (obj: KubeObject) => Iterable<string>): void {
-  informer.addEventHandler({
-    onAdd: (o) => {
-      for (const k of keys(o)) queue.add(k);
-    },
-    onUpdate: (a, b) => {
-      for (const k of keys(a)) queue.add(k);
-      for (const k of keys(b)) queue.add(k);
-    },
-    onDelete: (o) => {
-      for (const k of keys(o)) queue.add(k);
-    },
-  });
-}
