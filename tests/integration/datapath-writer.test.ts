@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 import { requireRoot, sleep } from '../helpers/lab.js';
+import { LAYOUT_VERSION } from '../../src/datapath/codecs.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -381,8 +382,8 @@ describe('Datapath writer (root, real pinned maps)', () => {
 
   test('a pinned map of another layout (not only size) is replaced instead of failing the load forever', async () => {
     const dir = pinDir('layout');
-    await must('mkdir', ['-p', dir]);
-    // As an older build would have left it: mesh_config with a smaller value.
+    await must('mkdir', ['-p', join(dir, `layout-v${LAYOUT_VERSION}`)]);
+    // A map of this layout's pin dir that libbpf refuses to reuse: mesh_config with a smaller value.
     await must('bpftool', ['map', 'create', join(dir, 'mesh_config'), 'type', 'array', 'key', '4', 'value', '8', 'entries', '1', 'name', 'mesh_config']);
     const res = await inNode<Record<string, unknown>>(
       dir,
@@ -394,6 +395,23 @@ describe('Datapath writer (root, real pinned maps)', () => {
     );
     expect(res).toEqual({ migrations: [{ map: 'mesh_config', copied: 0 }], nodeIp: '10.251.0.1', valueSize: expect.any(Number) });
     expect(res.valueSize).not.toBe(8);
+  }, 60_000);
+
+  test('pins an older build left (no marker of this layout) are made anew, even a map libbpf would reuse', async () => {
+    const dir = pinDir('older');
+    await must('mkdir', ['-p', dir]);
+    // mesh_services kept its sizes when its value layout changed: libbpf alone would reuse it.
+    await must('bpftool', ['map', 'create', join(dir, 'mesh_services'), 'type', 'hash', 'key', '8', 'value', '8', 'entries', '8192', 'name', 'mesh_services']);
+    await must('bpftool', ['map', 'update', 'pinned', join(dir, 'mesh_services'), 'key', '10', '96', '0', '1', '0', '80', '6', '0', 'value', '3', '0', '0', '0', '1', '0', '0', '0']);
+    const res = await inNode<Record<string, unknown>>(
+      dir,
+      `const dp = await open();
+       const res = { services: dp.rawMap(c.MapNames.services).keys().length, migrations: dp.migrations.length };
+       dp.close();
+       return res;`,
+    );
+    expect(res).toEqual({ services: 0, migrations: 0 });
+    expect(existsSync(join(dir, `layout-v${LAYOUT_VERSION}`))).toBe(true);
   }, 60_000);
 
   test('repair() rewrites entries changed or removed behind the shadow and deletes unknown ones; flush() alone does not see them', async () => {
