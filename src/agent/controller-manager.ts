@@ -136,6 +136,7 @@ export class ControllerManager {
       policy: this.policyEngine,
       log: o.log,
       requestFlush: () => this.requestFlush(),
+      flushNow: () => this.flushNow(),
     };
     this.nodes = new NodesController(deps);
     this.endpoints = new EndpointsController(deps, {
@@ -174,6 +175,7 @@ export class ControllerManager {
     // Everything the pinned maps held that this round did not state again is stale now.
     this.o.dp.pruneAdopted();
     await this.flushNow();
+    await this.endpoints.publishPending();
     this.stats.initialWrites = { ...this.stats.writes };
     this.stats.removedStaleRoutes = await this.nodes.removeLeftoverRoutes();
     await this.removeOrphanEndpoints();
@@ -229,10 +231,12 @@ export class ControllerManager {
     });
   }
 
-  private async flushNow(): Promise<void> {
+  /** Write the pending deltas now; false while the initial round has not ended (nothing written). */
+  private async flushNow(): Promise<boolean> {
+    if (!this.flushEnabled || this.stopped) return false;
     if (this.flushing) {
       this.requestFlush();
-      return;
+      return false;
     }
     this.flushing = true;
     const t0 = performance.now();
@@ -242,7 +246,8 @@ export class ControllerManager {
       this.stats.writes = { ...this.o.dp.writes };
       this.stats.flushes++;
       if (r.updated || r.deleted) this.o.log(`datapath: ${r.updated} entries written, ${r.deleted} removed`);
-      if (this.stats.lastError.startsWith('datapath flush:')) this.stats.lastError = '';
+      if (r.errors?.length) this.note(`datapath flush: ${r.errors.length} write(s) failed, first ${r.errors[0].map} ${r.errors[0].op}: ${errorMessage(r.errors[0].error)} (retried at the next flush)`);
+      else if (this.stats.lastError.startsWith('datapath flush:')) this.stats.lastError = '';
     } catch (err) {
       this.note(`datapath flush: ${errorMessage(err)}`);
     } finally {
@@ -250,6 +255,7 @@ export class ControllerManager {
       this.flushing = false;
     }
     this.refreshStats();
+    return true;
   }
 
   /** MeshEndpoints this node published for pods that went while the agent was away. */

@@ -5,7 +5,7 @@
  *
  * Own state dir (and so own name prefix); cleaned up before and after. Needs root.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { FIXTURES, TestLab, eventually, requireRoot, sh, sleep } from '../helpers/lab.js';
@@ -217,7 +217,10 @@ test('scaling a service up under a request loop drops nothing, and new pods unde
   const taps = await Promise.all(NODES.map((n) => FlowTap.open(lab.home, CLUSTER, n)));
   const before = new Set((await pods()).filter((p) => p.name.startsWith('echo-')).map((p) => p.ip));
   // A request loop through the service while it grows from 2 to 6 backends.
-  const loop = spawn('ip', ['netns', 'exec', client.netns, 'bash', '-c', `ok=0; bad=0; end=$((SECONDS+12)); while [ $SECONDS -lt $end ]; do if curl -s -m 1 -o /dev/null http://${svcIp}/; then ok=$((ok+1)); else bad=$((bad+1)); fi; done; echo "$ok $bad"`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The loop runs until the test says stop (after every new backend served for a while), 90 s at most.
+  const stop = join(lab.home, 'stop-loop');
+  rmSync(stop, { force: true });
+  const loop = spawn('ip', ['netns', 'exec', client.netns, 'bash', '-c', `ok=0; bad=0; end=$((SECONDS+90)); while [ $SECONDS -lt $end ] && [ ! -e ${stop} ]; do if curl -s -m 1 -o /dev/null http://${svcIp}/; then ok=$((ok+1)); else bad=$((bad+1)); fi; done; echo "$ok $bad"`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   loop.stdout.on('data', (d) => (out += d));
   const done = new Promise<void>((resolve) => loop.on('exit', () => resolve()));
@@ -228,6 +231,8 @@ test('scaling a service up under a request loop drops nothing, and new pods unde
     expect(fresh).toHaveLength(4);
     // Probe each new pod directly as soon as it exists.
     for (const p of fresh) await eventually(async () => (await curl(client, p, 8080, 1)).exitCode === 0, 10_000, `client reaches new ${p.name}`);
+    await sleep(3000);
+    writeFileSync(stop, '');
     await done;
     const [ok, bad] = out.trim().split(' ').map(Number);
     process.stderr.write(`request loop across the scale-up: ${ok} ok, ${bad} failed\n`);

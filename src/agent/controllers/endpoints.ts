@@ -31,6 +31,7 @@ export class EndpointsController implements Controller {
   private readonly byIp = new Map<string, Programmed>();
   private readonly identityUsers = new Map<number, Set<string>>();
   private readonly macCache = new Map<string, string>();
+  private readonly toPublish = new Map<string, { pod: KubeObject; e: Programmed }>();
   private readonly slice;
 
   constructor(
@@ -43,7 +44,15 @@ export class EndpointsController implements Controller {
     },
   ) {
     this.slice = parseCidr(d.self.podCidr)!;
-    this.queue = new WorkQueue({ name: this.name, reconcile: (k) => this.reconcile(k), afterBatch: () => d.requestFlush() });
+    // The endpoints are published only once written: a MeshEndpoint tells every other node (and the
+    // services of this one) that traffic to the pod can be delivered.
+    this.queue = new WorkQueue({
+      name: this.name,
+      reconcile: (k) => this.reconcile(k),
+      afterBatch: async () => {
+        if (await d.flushNow()) await this.publishPending();
+      },
+    });
     const local = (p: KubeObject): string[] => (podNode(p) === d.self.node ? [objKey(p)] : []);
     d.informers.pods.addEventHandler({
       onAdd: (p) => local(p).forEach((k) => this.queue.add(k)),
@@ -115,7 +124,21 @@ export class EndpointsController implements Controller {
     this.byIp.set(ep.ip, now);
     this.useIdentity(key, identity, had?.identity);
     if (!had || had.identity !== identity) this.hooks.onIdentityChange(ep.ip);
-    await this.publish(pod, now);
+    this.toPublish.set(key, { pod, e: now });
+  }
+
+  /** Publish the endpoints written since the last call; one that fails is reconciled again. */
+  async publishPending(): Promise<void> {
+    const batch = [...this.toPublish];
+    this.toPublish.clear();
+    for (const [key, { pod, e }] of batch) {
+      if (this.programmed.get(key) !== e) continue;
+      try {
+        await this.publish(pod, e);
+      } catch {
+        this.queue.add(key);
+      }
+    }
   }
 
   private async remove(key: string, had: Programmed): Promise<void> {
@@ -126,6 +149,7 @@ export class EndpointsController implements Controller {
     policy.deleteEndpoint(key);
     this.hooks.flushConntrack(had.ip);
     this.programmed.delete(key);
+    this.toPublish.delete(key);
     if (this.byIp.get(had.ip) === had) this.byIp.delete(had.ip);
     this.useIdentity(key, undefined, had.identity);
     this.hooks.onIdentityChange(had.ip);

@@ -57,6 +57,8 @@ export interface ControllerDeps {
   readonly log: (msg: string) => void;
   /** Ask for the pending datapath deltas to be written soon. */
   readonly requestFlush: () => void;
+  /** Write the pending datapath deltas now; false when nothing may be written yet (initial round). */
+  readonly flushNow: () => Promise<boolean>;
 }
 
 /** A controller: a name, a queue, the handlers it registers, and the keys of its initial round. */
