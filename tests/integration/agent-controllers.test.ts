@@ -312,7 +312,9 @@ test('a deleted pod leaves no conntrack state behind on its node', async () => {
 test('forged VXLAN from a pod to its own node claiming another pod\'s identity is dropped with its reason', async () => {
   const attacker = await pod('other');
   const client = await pod('client');
-  const victim = (await pods()).find((p) => p.name.startsWith('echo-') && p.node === attacker.node)!;
+  // sticky-1 and sticky-2 are pinned one per node, so the attacker's node always has one.
+  const victim = (await pods()).find((p) => p.name.startsWith('sticky-') && p.node === attacker.node)!;
+  expect(victim).toBeDefined();
   const clientIdentity = JSON.parse((await etcdctl(['get', `/registry/meshendpoints/ctl/client`, '--print-value-only'])).stdout).spec.identity as number;
   const nodeIp = JSON.parse((await etcdctl(['get', `/registry/nodes/${attacker.node}`, '--print-value-only'])).stdout).status.addresses[0].address as string;
   const tap = await FlowTap.open(lab.home, CLUSTER, attacker.node);
