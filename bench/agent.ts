@@ -99,6 +99,7 @@ interface WorkerResult {
   readonly syncMs: number;
   readonly initialWrites: { updates: number; deletes: number };
   readonly rssPerEndpointB: number;
+  readonly heapPerEndpointB: number;
   readonly storeBytesPerPod: number;
   readonly change: { p50: number; p99: number; cpuUsPerChange: number; samples: number };
   readonly baseline: { p50: number; p99: number; cpuUsPerChange: number; samples: number };
@@ -147,6 +148,7 @@ async function worker(store: string, size: number, rounds: number, changes: numb
   note('   datapath open');
   gc();
   const rssBefore = process.memoryUsage().rss;
+  const heapBefore = process.memoryUsage().heapUsed;
   const t0 = performance.now();
   await identities.start();
   note('   identities started');
@@ -158,6 +160,7 @@ async function worker(store: string, size: number, rounds: number, changes: numb
   await new Promise((r) => setTimeout(r, 200));
   gc();
   const rssPerEndpointB = (process.memoryUsage().rss - rssBefore) / size;
+  const heapPerEndpointB = (process.memoryUsage().heapUsed - heapBefore) / size;
 
   // A bare watch for the baseline rounds.
   let watchWaiting = new Map<string, { t0: number; resolve: (ms: number) => void }>();
@@ -237,6 +240,7 @@ async function worker(store: string, size: number, rounds: number, changes: numb
     syncMs: round(syncMs, 0),
     initialWrites: manager.stats.initialWrites ?? { updates: 0, deletes: 0 },
     rssPerEndpointB: round(rssPerEndpointB, 0),
+    heapPerEndpointB: round(heapPerEndpointB, 0),
     storeBytesPerPod,
     change: { p50: round(pct(agentMs, 50)), p99: round(pct(agentMs, 99)), cpuUsPerChange: round(median(agentCpu) - cpuBase, 0), samples: agentMs.length },
     baseline: { p50: round(pct(baseMs, 50)), p99: round(pct(baseMs, 99)), cpuUsPerChange: round(cpuBase, 0), samples: baseMs.length },
@@ -365,7 +369,7 @@ async function main(): Promise<void> {
         `${fmt(r.change.p50)} / ${fmt(r.change.p99)}`,
         `${fmt(r.baseline.p50)} / ${fmt(r.baseline.p99)}`,
         fmt(r.change.cpuUsPerChange, 0),
-        fmt(r.rssPerEndpointB, 0),
+        `${fmt(r.rssPerEndpointB, 0)} (heap ${fmt(r.heapPerEndpointB, 0)})`,
         fmt(r.storeBytesPerPod, 0),
         fmt(r.syncMs, 0),
         `${r.noop.relistMs} ms, ${r.noop.writes} writes`,
