@@ -45,6 +45,7 @@ const NODE_IP = '172.30.0.1';
 const PEER_NODES = 100;
 const LABEL_SETS = 100;
 const NETNS = `meshbench${process.pid.toString(16)}`;
+/** The orchestrator's pin dir; its worker gets it as --pin-dir (its own pid differs). */
 const PIN_DIR = join(BPF_PIN_ROOT, `bench${process.pid.toString(16)}`);
 
 // --- synthetic cluster objects -------------------------------------------------------------
@@ -111,13 +112,13 @@ function pct(values: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
-async function worker(store: string, size: number, rounds: number, changes: number): Promise<WorkerResult> {
+async function worker(store: string, pinDir: string, size: number, rounds: number, changes: number): Promise<WorkerResult> {
   const gc = (globalThis as { gc?: () => void }).gc ?? ((): void => undefined);
   await waitForStore(store);
   note(`   filling the store`);
   const storeBytesPerPod = await fillStore(store, size);
   const client = new EtcdClusterClient({ endpoints: [store] });
-  const dp = await Datapath.open({ pinDir: PIN_DIR, nodeIp: NODE_IP, nodeId: 1, clusterId: CLUSTER_ID, routing: 'tunnel' });
+  const dp = await Datapath.open({ pinDir, nodeIp: NODE_IP, nodeId: 1, clusterId: CLUSTER_ID, routing: 'tunnel' });
   const ipcache = dp.rawMap(MapNames.ipcache);
   const identities = new EtcdIdentityAllocator(client, { clusterId: CLUSTER_ID, holder: NODE });
   const manager = new ControllerManager({
@@ -325,6 +326,7 @@ async function main(): Promise<void> {
     options: {
       worker: { type: 'boolean', default: false },
       store: { type: 'string' },
+      'pin-dir': { type: 'string' },
       size: { type: 'string' },
       sizes: { type: 'string', default: '1000,10000,50000' },
       rounds: { type: 'string', default: '5' },
@@ -334,7 +336,7 @@ async function main(): Promise<void> {
   const rounds = Number(values.rounds);
   const changes = Number(values.changes);
   if (values.worker) {
-    const r = await worker(values.store!, Number(values.size), rounds, changes);
+    const r = await worker(values.store!, values['pin-dir']!, Number(values.size), rounds, changes);
     process.stdout.write(`${JSON.stringify(r)}\n`);
     process.exit(0);
   }
@@ -357,7 +359,7 @@ async function main(): Promise<void> {
         etcd = startEtcd(dir, port);
         const store = `http://127.0.0.1:${port}`;
         note(`⌛ ${size} pods: store, agent sync and ${rounds} rounds of ${changes} changes`);
-        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
+        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--pin-dir', PIN_DIR, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
         if (w.exitCode !== 0) throw new Error(`worker for ${size} pods exited ${w.exitCode}`);
         results.push(JSON.parse(String(w.stdout).trim().split('\n').pop()!) as WorkerResult);
         etcd.kill('SIGKILL');
