@@ -64,3 +64,18 @@ export const AGENT_ROUTE_PROTO = 199;
  * makes that endpoint deny in that direction and is reported (one bad policy never fills the map).
  */
 export const POLICY_MAX_ENTRIES_PER_DIRECTION = 16_384;
+
+/**
+ * Cluster mesh: the clustermesh-apiserver (a TLS etcd in the control-plane namespace) listens on
+ * this client port (Cilium's NodePort for it is 32379) and uses the peer port on loopback only.
+ */
+export const MESH_APISERVER_PORT = 32379;
+export const MESH_APISERVER_PEER_PORT = 32380;
+/** Etcd user the export process writes as (CN of the admin certificate), and the peer user prefix. */
+export const MESH_ADMIN_USER = 'root';
+export const MESH_PEER_USER_PREFIX = 'remote-';
+/** Validity of generated certificates, days (CA ten years). */
+export const MESH_CERT_DAYS = 365;
+export const MESH_CA_DAYS = 3650;
+/** `meshctl status --wait` default. */
+export const MESH_STATUS_WAIT_MS = 5 * 60_000;

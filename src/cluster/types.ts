@@ -37,6 +37,8 @@ export const RESOURCES = {
   MeshNetworkPolicy: { resource: 'meshnetworkpolicies', namespaced: true },
   MeshNodeStatus: { resource: 'meshnodestatuses', namespaced: false },
   MeshClusterConfig: { resource: 'meshclusterconfigs', namespaced: false },
+  /** A connected peer cluster: its apiserver address and the credentials to read it (src/mesh/peers.ts). */
+  MeshPeer: { resource: 'meshpeers', namespaced: false },
 } as const;
 
 export type Kind = keyof typeof RESOURCES;

@@ -16,6 +16,7 @@ const specSchemas: Record<Kind, z.ZodTypeAny> = {
   Node: z.never(),
   MeshNodeStatus: z.never(),
   MeshClusterConfig: z.never(),
+  MeshPeer: z.never(),
   Pod: SPEC_SCHEMAS.Pod,
   Deployment: SPEC_SCHEMAS.Deployment,
   Service: SPEC_SCHEMAS.Service,

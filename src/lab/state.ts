@@ -47,6 +47,18 @@ const ClusterStateSchema = z.object({
   nodes: z.array(NodeStateSchema),
   /** Store URL the CLI uses (management network) and the one agents use (VPC). */
   store: z.object({ endpoint: z.string(), internalEndpoint: z.string() }),
+  /**
+   * Set by `meshctl enable`: the clustermesh-apiserver's URLs for the CLI (management network)
+   * and for other clusters' agents (VPC), and the SHA-256 fingerprint of the cluster's mesh CA.
+   */
+  mesh: z
+    .object({
+      endpoint: z.string(),
+      internalEndpoint: z.string(),
+      caFingerprint: z.string(),
+      enabledAt: z.string(),
+    })
+    .optional(),
 });
 export type ClusterState = z.infer<typeof ClusterStateSchema>;
 
@@ -104,6 +116,14 @@ export class LabPaths {
   }
   logsDir(c: string): string {
     return join(this.clusterDir(c), 'logs');
+  }
+  /** The cluster's mesh files: ca.crt/ca.key, server.*, admin.*, remote-<peer>.*, apiserver data. */
+  meshDir(c: string): string {
+    return join(this.clusterDir(c), 'mesh');
+  }
+  /** The lab's shared mesh CA (made on first `enable` unless a cluster brings its own). */
+  get meshCaDir(): string {
+    return join(this.home, 'mesh-ca');
   }
   supervisorPidFile(c: string): string {
     return join(this.runDir(c), 'supervisor.pid');
