@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
 import { labCommand } from '../src/commands/lab.js';
+import { meshExportCommand } from '../src/commands/mesh-export.js';
 import { EnvironmentError, NotFoundError, ValidationError } from '../src/util/errors.js';
 
 const program = new Command('meshctl')
@@ -13,7 +14,8 @@ const program = new Command('meshctl')
   .configureOutput({ outputError: (str, write) => write(`❌ ${str.replace(/^error: /, '')}`) })
   .addHelpText('after', '\nExample:\n  meshctl lab create c1 --id 1 --pod-cidr 10.1.0.0/16')
   .addCommand(labCommand())
-  .addCommand(agentCommand(), { hidden: true });
+  .addCommand(agentCommand(), { hidden: true })
+  .addCommand(meshExportCommand(), { hidden: true });
 
 const outputError = (str: string, write: (s: string) => void): void => write(`❌ ${str.replace(/^error: /, '')}`);
 for (const c of program.commands) {
