@@ -103,7 +103,9 @@ class ExportController implements Exporter {
   private stopped = false;
   private flushing: Promise<void> | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
-  private beating = false;
+  private beating: Promise<void> | null = null;
+  private apiserverId: string | undefined;
+  private lastRevision: bigint | undefined;
   private seq = 0;
   private counters = { written: 0, deleted: 0, heartbeats: 0, verifications: 0, txns: 0, lastError: '' };
   private syncWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
@@ -176,7 +178,7 @@ class ExportController implements Exporter {
     this.factory.stop();
     this.queue.stop();
     for (const w of this.syncWaiters.splice(0)) w.reject(new Error('mesh export stopped before it synced'));
-    await this.flushing?.catch(() => undefined);
+    await Promise.all([this.flushing?.catch(() => undefined), this.beating]);
   }
 
   /** What `key` wants, compared with what is written; the difference is recorded in pending. */
@@ -428,18 +430,31 @@ class ExportController implements Exporter {
     void this.beat();
   }
 
-  private async beat(): Promise<void> {
-    if (this.down || this.beating || this.stopped) return;
-    this.beating = true;
+  private beat(): Promise<void> {
+    if (this.down || this.beating || this.stopped) return Promise.resolve();
+    const b = this.beatOnce().finally(() => {
+      this.beating = null;
+    });
+    this.beating = b;
+    return b;
+  }
+
+  private async beatOnce(): Promise<void> {
     try {
       const seq = this.seq++;
       const v = HeartbeatSchema.parse({ version: MESH_VERSION, cluster: this.c, at: new Date().toISOString(), seq });
-      await this.opts.apiserver.kv.put({ key: Buffer.from(meshKeys.heartbeat(this.c)), value: Buffer.from(JSON.stringify(v)) }, { deadline: this.deadline() });
+      const r = await this.opts.apiserver.kv.put({ key: Buffer.from(meshKeys.heartbeat(this.c)), value: Buffer.from(JSON.stringify(v)) }, { deadline: this.deadline() });
       this.counters.heartbeats++;
+      // An apiserver recreated between two beats (new cluster id, or its revision went back) holds
+      // none of what was written: verify again.
+      const { cluster_id: id, revision } = r.header;
+      const wentBack = this.lastRevision !== undefined && BigInt(revision) < this.lastRevision;
+      const recreated = this.apiserverId !== undefined && id !== this.apiserverId;
+      this.apiserverId = id;
+      this.lastRevision = BigInt(revision);
+      if (wentBack || recreated) this.markDown(`heartbeat: the apiserver was recreated (${recreated ? 'new cluster id' : 'revision went back'})`);
     } catch (err) {
       this.markDown(`heartbeat: ${errorMessage(err)}`);
-    } finally {
-      this.beating = false;
     }
   }
 
