@@ -108,6 +108,7 @@ class ExportController implements Exporter {
   private lastRevision: bigint | undefined;
   private seq = 0;
   private counters = { written: 0, deleted: 0, heartbeats: 0, verifications: 0, txns: 0, lastError: '' };
+  private readonly abort = new AbortController();
   private syncWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   constructor(private readonly opts: ExportOptions) {
@@ -174,6 +175,7 @@ class ExportController implements Exporter {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.abort.abort();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.factory.stop();
     this.queue.stop();
@@ -369,6 +371,8 @@ class ExportController implements Exporter {
           if (this.stopped) return;
           this.written = kvs;
           this.pending.clear();
+          // A marker the apiserver lost (its data was wiped) is written again after this round.
+          for (const kind of SYNC_KINDS) if (!kvs.has(meshKeys.synced(this.c, kind))) this.syncedKinds.delete(kind);
           this.counters.verifications++;
           if (heartbeatSeq !== undefined && heartbeatSeq >= this.seq) this.seq = heartbeatSeq + 1;
           this.enqueueAll();
@@ -378,7 +382,7 @@ class ExportController implements Exporter {
           return;
         } catch (err) {
           this.error(`apiserver: list ${MESH_PREFIX}*/${this.c}: ${errorMessage(err)}; retrying in ${delay} ms`);
-          await sleep(delay);
+          await sleep(delay, undefined, { signal: this.abort.signal }).catch(() => undefined);
           delay = Math.min(5000, delay * 2);
         }
       }

@@ -358,9 +358,12 @@ test('after the apiserver is killed and restarted (same data, then lost data) th
   expect(logs.filter((l) => l.startsWith('apiserver: ')).every((l) => !l.includes('\n'))).toBe(true);
 
   // The apiserver comes back empty: everything is written again, markers included.
+  const wipedAt = new Date().toISOString();
   await api.restart({ wipe: true });
   await converges('export after apiserver data loss', want, 15_000);
-  await until('markers back', async () => (await get(meshKeys.synced(C, 'ip'))) !== undefined && (await get(meshKeys.synced(C, 'identities'))) !== undefined && (await get(meshKeys.synced(C, 'nodes'))) !== undefined);
+  const markerAt = async (kind: 'nodes' | 'identities' | 'ip'): Promise<string> => ((await get(meshKeys.synced(C, kind))) as { at?: string } | undefined)?.at ?? '';
+  await until('markers written again', async () => (await markerAt('nodes')) > wipedAt && (await markerAt('identities')) > wipedAt && (await markerAt('ip')) > wipedAt);
+  expect(e.stats.synced).toEqual(['nodes', 'identities', 'ip']);
   await until('heartbeat back', async () => (await get(meshKeys.heartbeat(C))) !== undefined);
 });
 
