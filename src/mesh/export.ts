@@ -151,9 +151,12 @@ class ExportController implements Exporter {
   }
 
   start(): void {
+    // The first listing of the apiserver runs while the informers list the store.
+    const listing = this.listOwned();
+    listing.catch(() => undefined);
     void this.factory
       .start()
-      .then(() => this.recover())
+      .then(() => this.recover(listing))
       .catch((err: unknown) => {
         if (!this.stopped) this.error(`start: ${errorMessage(err)}`);
       });
@@ -360,14 +363,16 @@ class ExportController implements Exporter {
    * List what the apiserver holds under this cluster's keys (retrying with backoff until it
    * answers), take it as what is written, and reconcile every key of the caches and the listing.
    */
-  private async recover(): Promise<void> {
+  private async recover(first?: ReturnType<ExportController['listOwned']>): Promise<void> {
     if (this.recovering) return;
     this.recovering = true;
     let delay = 100;
     try {
       while (!this.stopped) {
         try {
-          const { kvs, heartbeatSeq } = await this.listOwned();
+          const listing = first ?? this.listOwned();
+          first = undefined;
+          const { kvs, heartbeatSeq } = await listing;
           if (this.stopped) return;
           this.written = kvs;
           this.pending.clear();

@@ -189,6 +189,8 @@ test('initial export: exact keys and values, markers after the data, heartbeat, 
   // A stale key of this cluster and a key of another cluster, from an earlier life of the apiserver.
   await ac.put(meshKeys.ip(C, '10.1.9.9')).value(JSON.stringify(ipValue('10.1.9.9', ID_A, 'c1-n1')));
   await ac.put(meshKeys.ip('c2', '10.2.0.1')).value('{"other":"cluster"}');
+  // A store value that is not even an object.
+  await sc.etcd.put('/registry/meshendpoints/demo/garbage').value('{not json');
   const e = await start();
   await synced(e);
   const all = await dump();
@@ -201,8 +203,11 @@ test('initial export: exact keys and values, markers after the data, heartbeat, 
   expect(s.synced).toEqual(['nodes', 'identities', 'ip']);
   expect(s.written).toBe(8 + 3);
   expect(s.deleted).toBe(1);
-  expect(s.skipped).toBe(1);
-  expect(s.problems).toEqual([{ key: meshKeys.ip(C, '10.1.1.7'), reason: 'meshendpoint demo/bad-1: identity: Number must be greater than or equal to 1' }]);
+  expect(s.skipped).toBe(2);
+  expect(s.problems).toEqual([
+    { key: meshKeys.ip(C, '10.1.1.7'), reason: 'meshendpoint demo/bad-1: identity: Number must be greater than or equal to 1' },
+    { key: 'meshendpoints/demo/garbage', reason: 'not JSON' },
+  ]);
   expect(logs).toContain(`skip ${meshKeys.ip(C, '10.1.1.7')}: meshendpoint demo/bad-1: identity: Number must be greater than or equal to 1`);
 
   // Markers: exact, and created after every data key of the round was written.
