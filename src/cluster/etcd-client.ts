@@ -122,7 +122,7 @@ export class EtcdClusterClient implements ClusterClient {
       if (d.ok) items.push(d.obj);
       else problems.push({ key: kv.key.toString().slice(base), reason: d.reason });
     }
-    items.sort((a, b) => keyOf(resource, a).localeCompare(keyOf(resource, b)));
+    // etcd returns a range in key (byte) order already: no sort (a locale sort of 50k keys costs seconds).
     return { items, revision: r.revision, invalid: problems.length, problems };
   }
 
