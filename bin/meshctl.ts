@@ -2,6 +2,7 @@
 /** meshctl: one top-level handler prints errors (one line, with a hint by error type) and sets the exit code. */
 import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
+import { disableCommand, enableCommand } from '../src/commands/enable.js';
 import { labCommand } from '../src/commands/lab.js';
 import { meshExportCommand } from '../src/commands/mesh-export.js';
 import { EnvironmentError, NotFoundError, ValidationError } from '../src/util/errors.js';
@@ -14,6 +15,8 @@ const program = new Command('meshctl')
   .configureOutput({ outputError: (str, write) => write(`❌ ${str.replace(/^error: /, '')}`) })
   .addHelpText('after', '\nExample:\n  meshctl lab create c1 --id 1 --pod-cidr 10.1.0.0/16')
   .addCommand(labCommand())
+  .addCommand(enableCommand())
+  .addCommand(disableCommand())
   .addCommand(agentCommand(), { hidden: true })
   .addCommand(meshExportCommand(), { hidden: true });
 
