@@ -111,7 +111,7 @@ export interface DisconnectResult {
 export const peerUser = (cluster: string): string => `${MESH_PEER_USER_PREFIX}${cluster}`;
 
 /** The cluster's mesh CA certificate (PEM). */
-export async function readClusterCa(paths: LabPaths, c: ClusterState): Promise<string> {
+async function readCaCert(paths: LabPaths, c: ClusterState): Promise<string> {
   const file = join(paths.meshDir(c.name), 'ca.crt');
   try {
     return await readFile(file, 'utf8');
@@ -319,7 +319,7 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
     const fingerprints = new Map<string, string>();
     for (const name of involved) {
       const c = clusters.get(name)!;
-      const pem = await readClusterCa(paths, c);
+      const pem = await readCaCert(paths, c);
       const fp = caFingerprint(pem);
       if (fp !== c.mesh!.caFingerprint) {
         throw new PreflightError(
