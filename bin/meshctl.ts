@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
 import { connectCommand, disconnectCommand } from '../src/commands/connect.js';
+import { disableCommand, enableCommand } from '../src/commands/enable.js';
 import { labCommand } from '../src/commands/lab.js';
 import { PreflightError } from '../src/mesh/preflight.js';
 import { EnvironmentError, NotFoundError, ValidationError } from '../src/util/errors.js';
@@ -17,6 +18,8 @@ const program = new Command('meshctl')
   .addCommand(labCommand())
   .addCommand(connectCommand())
   .addCommand(disconnectCommand())
+  .addCommand(enableCommand())
+  .addCommand(disableCommand())
   .addCommand(agentCommand(), { hidden: true });
 
 const outputError = (str: string, write: (s: string) => void): void => write(`❌ ${str.replace(/^error: /, '')}`);

@@ -10,16 +10,21 @@
  * Connect gathers every fact first (lab state, the MeshPeers in the stores, cluster configs, CAs,
  * apiserver health, what each direction already holds) and runs the pre-flight on them; only then
  * does it write, direction by direction, and a failure undoes what this run made.
+ *
+ * Trust with --allow-mismatching-ca: the client certificate of X → Y is issued by Y's own CA, so
+ * Y's apiserver never needs to trust X's CA (trusting it would let X's CA mint any user of Y,
+ * root included). Only X's agents get a bundle (Y's CA and X's) to verify Y's server with.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AlreadyExistsError } from '../cluster/client.js';
 import { EtcdClusterClient } from '../cluster/etcd-client.js';
 import type { KubeObject } from '../cluster/types.js';
 import { MESH_PEER_USER_PREFIX } from '../defaults.js';
-import { readLabState, type ClusterState, type LabPaths, type LabState } from '../lab/state.js';
+import { readLabState, withLabLock, type ClusterState, type LabPaths, type LabState } from '../lab/state.js';
 import { NotFoundError, OperationError, errorMessage } from '../util/errors.js';
-import { addPeerUser, apiserverHealth, listPeerUsers, removePeerUser, setTrustedCas } from './apiserver.js';
+import { addPeerUser, apiserverHealth, listPeerUsers, removePeerUser } from './apiserver.js';
 import { bundle, caFingerprint, verifyCertificate } from './certs.js';
 import { MESH_PEER_RESOURCE, meshPeerObject, parseMeshPeer, type MeshPeerSpec } from './peers.js';
 import {
@@ -240,14 +245,16 @@ async function checkHealth(paths: LabPaths, c: ClusterState): Promise<void> {
   }
 }
 
+/** `users`: the peers with a user on an apiserver (listPeerUsers gives cluster names). */
 function hasUser(users: readonly string[], from: string): boolean {
-  return users.includes(peerUser(from));
+  return users.includes(from);
 }
 
 function certValidFor(spec: MeshPeerSpec, from: string, caPem: string): boolean {
   try {
     verifyCertificate({ name: peerUser(from), certPem: spec.cert, caBundlePem: caPem, usage: 'client' });
-    return true;
+    // etcd takes the user from the CN: it must be this reader's
+    return new X509Certificate(spec.cert).subject.split('\n').includes(`CN=${peerUser(from)}`);
   } catch {
     return false;
   }
@@ -259,32 +266,6 @@ interface Prepared {
   /** The MeshPeer there now (to restore on undo), and whether the user existed. */
   readonly prevPeer: KubeObject | null;
   readonly prevUser: boolean;
-  /** Y's extra trusted CAs (other CAs of the clusters that read it) before and after this run; null when unchanged. */
-  readonly trust: { readonly before: string[]; readonly after: string[] } | null;
-}
-
-/**
- * The CAs other than its own that a cluster's apiserver must trust: those of the clusters that
- * read it (--allow-mismatching-ca), one per fingerprint, in reader name order.
- */
-async function foreignReaderCas(paths: LabPaths, lab: LabState, yFingerprint: string, readers: Iterable<string>): Promise<string[]> {
-  const out = new Map<string, string>();
-  for (const r of [...new Set(readers)].sort()) {
-    const c = lab.clusters[r];
-    if (!c?.mesh) continue;
-    const pem = await readFile(join(paths.meshDir(r), 'ca.crt'), 'utf8').catch(() => null);
-    if (pem === null) continue;
-    const fp = caFingerprint(pem);
-    if (fp !== yFingerprint && !out.has(fp)) out.set(fp, pem);
-  }
-  return [...out.values()];
-}
-
-const samePems = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
-
-/** Clusters whose stores hold a MeshPeer named `y`. */
-function readersOf(peers: ReadonlyMap<string, ReadonlyMap<string, KubeObject>>, y: string): string[] {
-  return [...peers].filter(([, m]) => m.has(y)).map(([x]) => x);
 }
 
 /**
@@ -292,7 +273,12 @@ function readersOf(peers: ReadonlyMap<string, ReadonlyMap<string, KubeObject>>, 
  * written), NotFoundError for unknown contexts, ValidationError for bad input. On a failure while
  * writing, the directions this run made are undone before the error is thrown.
  */
-export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Promise<ConnectResult> {
+export function connectClusters(paths: LabPaths, opts: ConnectOptions): Promise<ConnectResult> {
+  // The lab lock keeps enable/disable and other connects out between the pre-flight and the writes.
+  return withLabLock(paths, () => connectLocked(paths, opts));
+}
+
+async function connectLocked(paths: LabPaths, opts: ConnectOptions): Promise<ConnectResult> {
   const warn = opts.onWarning ?? (() => undefined);
   const mode = parseConnectionMode(opts.mode);
   const dests = parseDestinations(opts.destinations);
@@ -337,15 +323,6 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
     const users = new Map<string, string[]>();
     for (const name of involved) users.set(name, await listPeerUsers(paths, clusters.get(name)!));
 
-    const trust = new Map<string, { before: string[]; after: string[] } | null>();
-    for (const y of new Set(directions.map((d) => d.to))) {
-      const existing = readersOf(facts.peers, y);
-      const fresh = directions.filter((d) => d.to === y).map((d) => d.from);
-      const before = await foreignReaderCas(paths, lab!, fingerprints.get(y)!, existing);
-      const after = await foreignReaderCas(paths, lab!, fingerprints.get(y)!, [...existing, ...fresh]);
-      trust.set(y, samePems(before, after) ? null : { before, after });
-    }
-
     const prepared: Prepared[] = directions.map((d) => {
       const x = clusters.get(d.from)!;
       const y = clusters.get(d.to)!;
@@ -371,7 +348,7 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
         store: x.store.endpoint,
         state,
       };
-      return { plan, desired, prevPeer, prevUser, trust: trust.get(y.name) ?? null };
+      return { plan, desired, prevPeer, prevUser };
     });
 
     const results: DirectionResult[] = [];
@@ -385,7 +362,6 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
     }
 
     const undo: Array<() => Promise<void>> = [];
-    const trusted = new Set<string>();
     const failAfter = process.env[FAIL_AFTER_ENV] ? Number(process.env[FAIL_AFTER_ENV]) : -1;
     let made = 0;
     let current: Direction | null = null;
@@ -400,14 +376,6 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
         }
         if (made === failAfter) throw new OperationError(`${FAIL_AFTER_ENV}=${failAfter}: failing on purpose`);
         const y = clusters.get(p.plan.to)!;
-        const t = p.trust;
-        if (t && !trusted.has(y.name)) {
-          trusted.add(y.name);
-          await setTrustedCas(paths, y, t.after).catch((err) => {
-            throw new OperationError(`trust the CAs of the clusters reading ${y.name} in its clustermesh-apiserver: ${errorMessage(err)}`, { cause: err });
-          });
-          undo.push(() => setTrustedCas(paths, y, t.before));
-        }
         await makeDirection(paths, stores, clusters.get(p.plan.from)!, y, p, undo);
         made++;
         const r: DirectionResult = { ...p.plan, action: 'made' };
@@ -477,7 +445,11 @@ async function makeDirection(paths: LabPaths, stores: Stores, x: ClusterState, y
  * NotFoundError before anything changes; a direction that fails is reported and the rest still run,
  * then an OperationError names the failed ones.
  */
-export async function disconnectClusters(paths: LabPaths, opts: DisconnectOptions): Promise<DisconnectResult> {
+export function disconnectClusters(paths: LabPaths, opts: DisconnectOptions): Promise<DisconnectResult> {
+  return withLabLock(paths, () => disconnectLocked(paths, opts));
+}
+
+async function disconnectLocked(paths: LabPaths, opts: DisconnectOptions): Promise<DisconnectResult> {
   const mode = parseConnectionMode(opts.mode);
   const dests = parseDestinations(opts.destinations);
   const lab = await readLabState(paths);
@@ -511,28 +483,6 @@ export async function disconnectClusters(paths: LabPaths, opts: DisconnectOption
         opts.onDirection?.(r);
       } catch (err) {
         failed.push(`${formatDirection(d)}: ${errorMessage(err)}`);
-      }
-    }
-    // A reader of another CA that is gone no longer needs its CA trusted by the apiserver it read.
-    const retrust = new Set<string>();
-    for (const r of results) {
-      const x = clusters.get(r.from)!;
-      const y = clusters.get(r.to)!;
-      if (r.action === 'removed' && x.mesh && y.mesh && x.mesh.caFingerprint !== y.mesh.caFingerprint) retrust.add(y.name);
-    }
-    if (retrust.size > 0) {
-      const peers = new Map<string, Map<string, KubeObject>>();
-      for (const c of Object.values(lab!.clusters)) {
-        const p = await readPeers(stores, c).catch(() => null);
-        if (p) peers.set(c.name, p);
-      }
-      for (const yName of [...retrust].sort()) {
-        const y = clusters.get(yName)!;
-        try {
-          await setTrustedCas(paths, y, await foreignReaderCas(paths, lab!, y.mesh!.caFingerprint, readersOf(peers, yName)));
-        } catch (err) {
-          failed.push(`trust of ${yName}'s clustermesh-apiserver: ${errorMessage(err)}`);
-        }
       }
     }
   } finally {
