@@ -51,13 +51,14 @@ async function storeDump(c: string): Promise<Record<string, string>> {
 /** An apiserver's users and roles with their permissions. */
 async function authDump(c: string): Promise<string> {
   if (!labState().clusters[c].mesh) return '(not enabled)';
-  const users = await admin(c, ['user', 'list']);
-  const roles = await admin(c, ['role', 'list']);
+  const [users, roles] = await Promise.all([admin(c, ['user', 'list']), admin(c, ['role', 'list'])]);
   if (users.exitCode !== 0 || roles.exitCode !== 0) throw new Error(`auth dump of ${c}: ${users.stderr} ${roles.stderr}`);
-  const parts = [`users: ${users.stdout}`, `roles: ${roles.stdout}`];
-  for (const role of roles.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) parts.push((await admin(c, ['role', 'get', role])).stdout);
-  for (const user of users.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) parts.push((await admin(c, ['user', 'get', user])).stdout);
-  return parts.join('\n');
+  const lines = (t: string): string[] => t.split('\n').map((s) => s.trim()).filter(Boolean);
+  const details = await Promise.all([
+    ...lines(roles.stdout).map((r) => admin(c, ['role', 'get', r])),
+    ...lines(users.stdout).map((u) => admin(c, ['user', 'get', u])),
+  ]);
+  return [`users: ${users.stdout}`, `roles: ${roles.stdout}`, ...details.map((d) => d.stdout)].join('\n');
 }
 
 /** The state dir: every file and its bytes, less logs, pids and etcd data dirs (they change by themselves). */
@@ -80,10 +81,12 @@ async function snapshot(): Promise<unknown> {
   const names = Object.keys(labState().clusters).sort();
   const stores: Record<string, unknown> = {};
   const auth: Record<string, string> = {};
-  for (const c of names) {
-    stores[c] = await storeDump(c);
-    auth[c] = await authDump(c);
-  }
+  await Promise.all(
+    names.map(async (c) => {
+      stores[c] = await storeDump(c);
+      auth[c] = await authDump(c);
+    }),
+  );
   return { stores, auth, state: stateDump() };
 }
 
@@ -117,7 +120,7 @@ async function users(c: string): Promise<string[]> {
 }
 
 /** Read the peer's mesh/v1/ with the credentials of a MeshPeer spec, as its agents would. */
-async function readAs(spec: { cert: string; key: string; caBundle: string }, peer: string, tag: string): Promise<CliResult> {
+async function readAs(spec: { cert: string; key: string; caBundle: string }, peer: string, tag: string, op: readonly string[] = ['get', 'mesh/v1/', '--prefix', '--keys-only']): Promise<CliResult> {
   const f = (n: string, v: string): string => {
     const p = join(scratch, `${tag}.${n}`);
     writeFileSync(p, v, { mode: 0o600 });
@@ -128,10 +131,7 @@ async function readAs(spec: { cert: string; key: string; caBundle: string }, pee
     `--cacert=${f('ca', spec.caBundle)}`,
     `--cert=${f('crt', spec.cert)}`,
     `--key=${f('key', spec.key)}`,
-    'get',
-    'mesh/v1/',
-    '--prefix',
-    '--keys-only',
+    ...op,
   ]);
 }
 
@@ -241,10 +241,13 @@ describe('meshctl connect and disconnect', () => {
       serverName: s.c2.controlPlane.vpcIp,
       caBundle: readFileSync(join(meshDir('c2'), 'ca.crt'), 'utf8'),
     });
-    // the credentials read c2's mesh/v1/ and cannot write there
+    // the credentials read c2's mesh/v1/, and nothing else: no writes, no keys outside it
     const read = await readAs(oldPeer.spec, 'c2', 'c1-c2');
     expect({ exit: read.exitCode, err: read.stderr }).toEqual({ exit: 0, err: '' });
-    expect(read.stdout).toContain('mesh/v1/');
+    const write = await readAs(oldPeer.spec, 'c2', 'c1-c2', ['put', 'mesh/v1/forged', 'x']);
+    expect({ exit: write.exitCode, err: write.stderr }).toEqual({ exit: 1, err: expect.stringMatching(/permission denied/) });
+    const outside = await readAs(oldPeer.spec, 'c2', 'c1-c2', ['get', 'other/', '--prefix']);
+    expect({ exit: outside.exitCode, err: outside.stderr }).toEqual({ exit: 1, err: expect.stringMatching(/permission denied/) });
   });
 
   test('connecting again succeeds, says so and changes nothing', async () => {
