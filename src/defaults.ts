@@ -81,3 +81,5 @@ export const MESH_CA_DAYS = 3650;
 export const MESH_STATUS_WAIT_MS = 5 * 60_000;
 /** How long `meshctl enable` waits for the clustermesh-apiserver to answer over TLS. */
 export const MESH_APISERVER_READY_TIMEOUT_MS = 20_000;
+/** DNS name in every apiserver's server certificate (besides its IPs); clients may use it as TLS server name. */
+export const MESH_APISERVER_SERVER_NAME = 'clustermesh-apiserver.meshctl.local';

@@ -9,7 +9,7 @@
  * Locking: enableCluster and disableCluster take the lab lock. The other functions do not (the lock
  * is not reentrant), so `connect`/`disconnect` can call them while holding it.
  */
-import { createHash } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +21,7 @@ import {
   MESH_APISERVER_PEER_PORT,
   MESH_APISERVER_PORT,
   MESH_APISERVER_READY_TIMEOUT_MS,
+  MESH_APISERVER_SERVER_NAME,
   MESH_PEER_USER_PREFIX,
 } from '../defaults.js';
 import { ensureSupervisor } from '../lab/processes.js';
@@ -178,7 +179,12 @@ export function apiserverAdminClient(paths: LabPaths, cluster: ClusterState, tim
       privateKey: readFileSync(join(dir, 'admin.key')),
     },
     faultHandling: { host: () => noop, global: noop, watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2000 }) as unknown as IBackoff<unknown> },
-    grpcOptions: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 1000 },
+    grpcOptions: {
+      'grpc.initial_reconnect_backoff_ms': 100,
+      'grpc.max_reconnect_backoff_ms': 1000,
+      // The certificate's DNS name: an IP address as TLS server name is deprecated in Node (DEP0123).
+      'grpc.ssl_target_name_override': MESH_APISERVER_SERVER_NAME,
+    },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
   });
 }
@@ -226,9 +232,11 @@ export async function addPeerUser(paths: LabPaths, cluster: ClusterState, peer: 
   const name = `${MESH_PEER_USER_PREFIX}${peer}`;
   const client = apiserverAdminClient(paths, cluster);
   try {
-    await ignore(client.auth.roleAdd({ name }), EtcdRoleExistsError);
+    const roles = (await client.auth.roleList()).roles ?? [];
+    if (!roles.includes(name)) await ignore(client.auth.roleAdd({ name }), EtcdRoleExistsError);
     await client.auth.roleGrantPermission({ name, perm: { permType: 'Read', key: Buffer.from(MESH_PREFIX), range_end: prefixEnd(MESH_PREFIX) } });
-    await ignore(client.auth.userAdd({ name, options: { no_password: true } }), EtcdUserExistsError);
+    const users = (await client.auth.userList()).users ?? [];
+    if (!users.includes(name)) await ignore(client.auth.userAdd({ name, options: { no_password: true } }), EtcdUserExistsError);
     await client.auth.userGrantRole({ user: name, role: name });
   } catch (err) {
     throw new OperationError(`add peer user ${name} on ${cluster.name}: ${errorMessage(err)}`, { cause: err });
@@ -364,19 +372,22 @@ async function enableAuth(paths: LabPaths, c: ClusterState): Promise<boolean> {
 }
 
 /** Certificates the apiserver uses, with what each must satisfy to be kept. */
-function certPlan(c: ClusterState): Array<{ base: string; commonName: string; usage: 'server' | 'client'; ips: string[] }> {
+function certPlan(c: ClusterState): Array<{ base: string; commonName: string; usage: 'server' | 'client'; ips: string[]; dnsNames: string[] }> {
   return [
-    { base: 'server', commonName: 'clustermesh-apiserver', usage: 'server', ips: [c.controlPlane.vpcIp, c.controlPlane.mgmtIp, '127.0.0.1'] },
-    { base: 'admin', commonName: MESH_ADMIN_USER, usage: 'client', ips: [] },
+    { base: 'server', commonName: 'clustermesh-apiserver', usage: 'server', ips: [c.controlPlane.vpcIp, c.controlPlane.mgmtIp, '127.0.0.1'], dnsNames: [MESH_APISERVER_SERVER_NAME] },
+    { base: 'admin', commonName: MESH_ADMIN_USER, usage: 'client', ips: [], dnsNames: [] },
   ];
 }
 
-/** Is an existing cert/key pair still good for its role (CA, usage, SANs, validity)? */
-async function certUsable(paths: LabPaths, c: string, base: string, usage: 'server' | 'client', ips: string[], caPem: string): Promise<boolean> {
+/** Is an existing cert/key pair still good for its role (CA, CN, key, usage, SANs, validity)? */
+async function certUsable(paths: LabPaths, c: string, p: ReturnType<typeof certPlan>[number], caPem: string): Promise<boolean> {
   try {
-    const certPem = await readFile(file(paths, c, `${base}.crt`), 'utf8');
-    await readFile(file(paths, c, `${base}.key`), 'utf8');
-    for (const address of ips.length ? ips : [undefined]) verifyCertificate({ name: `${base}.crt`, certPem, caBundlePem: caPem, usage, address });
+    const certPem = await readFile(file(paths, c, `${p.base}.crt`), 'utf8');
+    const keyPem = await readFile(file(paths, c, `${p.base}.key`), 'utf8');
+    const x = new X509Certificate(certPem);
+    if (x.subject !== `CN=${p.commonName}` || !x.checkPrivateKey(createPrivateKey(keyPem))) return false;
+    const names = [...p.ips, ...p.dnsNames];
+    for (const address of names.length ? names : [undefined]) verifyCertificate({ name: `${p.base}.crt`, certPem, caBundlePem: caPem, usage: p.usage, address });
     return true;
   } catch {
     return false;
@@ -418,8 +429,8 @@ export async function enableCluster(paths: LabPaths, opts: EnableOptions): Promi
         throw new OperationError(`cluster ${c.name} was enabled with CA ${c.mesh!.caFingerprint.slice(0, 16)}… but ${join(dir, 'ca.crt')} is ${ca.fingerprint.slice(0, 16)}…; run 'meshctl disable --context ${c.name} --force' and enable again`);
       }
       for (const p of certPlan(c)) {
-        if (await certUsable(paths, c.name, p.base, p.usage, p.ips, ca.certPem)) continue;
-        await writeIssued(paths, c.name, p.base, { commonName: p.commonName, usage: p.usage, ips: p.ips });
+        if (await certUsable(paths, c.name, p, ca.certPem)) continue;
+        await writeIssued(paths, c.name, p.base, { commonName: p.commonName, usage: p.usage, ips: p.ips, dnsNames: p.dnsNames });
         made.push(file(paths, c.name, `${p.base}.crt`), file(paths, c.name, `${p.base}.key`));
         actions.push(`certificate ${p.base}.crt (CN ${p.commonName})`);
         step(`✅ Certificate ${p.base}.crt (CN ${p.commonName}${p.ips.length ? `, SANs ${p.ips.join(', ')}` : ''})`);
@@ -511,7 +522,7 @@ async function planEnable(paths: LabPaths, c: ClusterState, own: { certFile: str
     shared = true;
   }
   for (const p of certPlan(c)) {
-    if (caPem && (await certUsable(paths, c.name, p.base, p.usage, p.ips, caPem))) continue;
+    if (caPem && (await certUsable(paths, c.name, p, caPem))) continue;
     actions.push(`issue ${join(dir, `${p.base}.crt`)} (CN ${p.commonName}${p.ips.length ? `, SANs ${p.ips.join(', ')}` : ''})`);
   }
   if (!(await exists(join(dir, 'data')))) actions.push(`create ${join(dir, 'data')}`);

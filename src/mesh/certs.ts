@@ -114,7 +114,10 @@ export function createCa(opts: CreateCaOptions): CertKeyPair {
   return { certPem: forge.pki.certificateToPem(cert), keyPem };
 }
 
-/** A leaf certificate signed by `ca`: server (serverAuth, with SANs) or client (clientAuth; etcd takes the user from its CN). */
+/**
+ * A leaf certificate signed by `ca`: server (serverAuth and clientAuth, with SANs) or client
+ * (clientAuth only; etcd takes the user name from its CN). RSA 2048, SHA-256.
+ */
 export function issueCertificate(opts: IssueCertificateOptions): CertKeyPair {
   const caCert = forge.pki.certificateFromPem(opts.ca.certPem);
   const caKey = forgeRsaKey(opts.ca.keyPem, 'ca.key');
@@ -131,7 +134,9 @@ export function issueCertificate(opts: IssueCertificateOptions): CertKeyPair {
   const exts: object[] = [
     { name: 'basicConstraints', cA: false, critical: true },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    opts.usage === 'server' ? { name: 'extKeyUsage', serverAuth: true } : { name: 'extKeyUsage', clientAuth: true },
+    // A server certificate also allows client use: etcd's own gRPC gateway dials the server with
+    // it (under --client-cert-auth a server-only certificate fills the log with rejected handshakes).
+    opts.usage === 'server' ? { name: 'extKeyUsage', serverAuth: true, clientAuth: true } : { name: 'extKeyUsage', clientAuth: true },
     { name: 'subjectKeyIdentifier' },
     { name: 'authorityKeyIdentifier', keyIdentifier: caCert.generateSubjectKeyIdentifier().getBytes() },
   ];
