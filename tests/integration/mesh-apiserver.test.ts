@@ -4,7 +4,8 @@
  * Own state dir (fixed, so a crashed run is cleaned up by the next); cleaned up before and after.
  */
 import { execa } from 'execa';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TestLab, listNetns, requireRoot } from '../helpers/lab.js';
 import { LabPaths, labPrefix, readLabState, type ClusterState } from '../../src/lab/state.js';
@@ -56,10 +57,11 @@ async function etcdctl(endpoint: string, cred: Cred, args: string[], netns?: str
 const admin: Cred = { cert: join(meshDir, 'admin.crt'), key: join(meshDir, 'admin.key') };
 const peerCred = (peer: string): Cred => ({ cert: join(meshDir, `remote-${peer}.crt`), key: join(meshDir, `remote-${peer}.key`) });
 
-/** Write a cert/key pair to files in the state dir's tmp area and return them as credentials. */
+/** Test-made certificates live outside the state dir, so lab delete can be checked to leave nothing. */
+const credDir = mkdtempSync(join(tmpdir(), 'meshctl-test-creds-'));
 function writeCred(name: string, pair: { certPem: string; keyPem: string }): Cred {
-  const cert = join(lab.home, `${name}.crt`);
-  const key = join(lab.home, `${name}.key`);
+  const cert = join(credDir, `${name}.crt`);
+  const key = join(credDir, `${name}.key`);
   writeFileSync(cert, pair.certPem);
   writeFileSync(key, pair.keyPem, { mode: 0o600 });
   return { cert, key };
@@ -68,11 +70,13 @@ function writeCred(name: string, pair: { certPem: string; keyPem: string }): Cre
 beforeAll(async () => {
   requireRoot();
   await lab.cleanup();
+  rmSync(lab.home, { recursive: true, force: true }); // test-owned: also what older runs left in it
   await lab.ok(['lab', 'create', 'c1', '--id', '1', '--pod-cidr', '10.1.0.0/16', '--nodes', '1']);
 }, 120_000);
 
 afterAll(async () => {
   await lab.cleanup();
+  rmSync(credDir, { recursive: true, force: true });
 });
 
 describe('clustermesh-apiserver', () => {
@@ -201,13 +205,19 @@ describe('clustermesh-apiserver', () => {
   });
 
   test('lab delete of an enabled cluster leaves no process, namespace or file', async () => {
+    // a bad own CA is refused before anything is made
+    const old = writeCred('expired-ca', createCa({ commonName: 'old', now: new Date('2020-01-01T00:00:00Z'), days: 10 }));
+    const bad = await lab.cli(['enable', '--context', 'c1', '--ca-cert', old.cert, '--ca-key', old.key]);
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr).toContain(`❌ certificate ${old.cert}: expired on 2020-01-11T00:00:00Z`);
+    expect(existsSync(meshDir)).toBe(false);
+    expect((await cluster()).mesh).toBeUndefined();
     await lab.ok(['enable', '--context', 'c1']);
     const pid = Number(readFileSync(join(paths.runDir('c1'), 'mesh-apiserver.pid'), 'utf8'));
     expect(pidAlive(pid)).toBe(true);
     await lab.ok(['lab', 'delete', 'c1']);
     expect(pidAlive(pid)).toBe(false);
     expect(mine()).toEqual([]);
-    const left = existsSync(lab.home) ? readdirSync(lab.home).filter((f) => !/\.(crt|key)$/.test(f)) : [];
-    expect(left).toEqual([]);
+    expect(existsSync(lab.home) ? readdirSync(lab.home) : []).toEqual([]);
   });
 });
