@@ -17,6 +17,7 @@
  *               map writes), and one drift repair (a full compare with the kernel maps)
  *
  * Run as root: node dist/bench/agent.js [--sizes 1000,10000,50000] [--rounds 5] [--changes 40]
+ *   [--heap-snapshot /tmp/agent-%n.heapsnapshot]  (a V8 heap snapshot after sync, %n = pods)
  * Table on stderr, JSON on stdout.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -24,6 +25,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { writeHeapSnapshot } from 'node:v8';
 import { execa } from 'execa';
 
 import { EtcdClusterClient } from '../src/cluster/etcd-client.js';
@@ -112,7 +114,7 @@ function pct(values: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
-async function worker(store: string, pinDir: string, size: number, rounds: number, changes: number): Promise<WorkerResult> {
+async function worker(store: string, pinDir: string, size: number, rounds: number, changes: number, heapSnapshot?: string): Promise<WorkerResult> {
   const gc = (globalThis as { gc?: () => void }).gc ?? ((): void => undefined);
   await waitForStore(store);
   note(`   filling the store`);
@@ -162,6 +164,7 @@ async function worker(store: string, pinDir: string, size: number, rounds: numbe
   gc();
   const rssPerEndpointB = (process.memoryUsage().rss - rssBefore) / size;
   const heapPerEndpointB = (process.memoryUsage().heapUsed - heapBefore) / size;
+  if (heapSnapshot) note(`   heap snapshot: ${writeHeapSnapshot(heapSnapshot.replace('%n', String(size)))}`);
 
   // A bare watch for the baseline rounds.
   let watchWaiting = new Map<string, { t0: number; resolve: (ms: number) => void }>();
@@ -331,12 +334,13 @@ async function main(): Promise<void> {
       sizes: { type: 'string', default: '1000,10000,50000' },
       rounds: { type: 'string', default: '5' },
       changes: { type: 'string', default: '40' },
+      'heap-snapshot': { type: 'string' },
     },
   });
   const rounds = Number(values.rounds);
   const changes = Number(values.changes);
   if (values.worker) {
-    const r = await worker(values.store!, values['pin-dir']!, Number(values.size), rounds, changes);
+    const r = await worker(values.store!, values['pin-dir']!, Number(values.size), rounds, changes, values['heap-snapshot']);
     process.stdout.write(`${JSON.stringify(r)}\n`);
     process.exit(0);
   }
@@ -359,7 +363,7 @@ async function main(): Promise<void> {
         etcd = startEtcd(dir, port);
         const store = `http://127.0.0.1:${port}`;
         note(`⌛ ${size} pods: store, agent sync and ${rounds} rounds of ${changes} changes`);
-        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--pin-dir', PIN_DIR, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
+        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--pin-dir', PIN_DIR, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes), ...(values['heap-snapshot'] ? ['--heap-snapshot', values['heap-snapshot']] : [])], { reject: false, cancelSignal: signal, stderr: 'inherit' });
         if (w.exitCode !== 0) throw new Error(`worker for ${size} pods exited ${w.exitCode}`);
         results.push(JSON.parse(String(w.stdout).trim().split('\n').pop()!) as WorkerResult);
         etcd.kill('SIGKILL');

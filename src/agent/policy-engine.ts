@@ -54,6 +54,7 @@ import {
   IDENTITY_WORLD,
 } from './identity.js';
 import { compareStrings, isLabels, labelsEqual, parseSelector, SelectorError, selectorAnd, selectorMatches, selectorNames, splitSelector, type Labels, type Selector, type SelectorRequirement } from './labels.js';
+import { internNamedPorts } from './compact.js';
 import type { DirectionPolicy, EndpointPolicy, NamedPort, PolicyEndpoint, PolicyProblem, PolicyRule } from './policy.js';
 
 /** Identity 0 in a rule: any peer identity. */
@@ -787,11 +788,13 @@ export class PolicyEngine {
 
   upsertPeer(ip: string, peer: PolicyPeer): void {
     const old = this.peers.get(ip);
-    if (old && old.identity === peer.identity && namedPortsEqual(old.namedPorts, peer.namedPorts)) return;
+    // Equal port sets are one shared object, so a re-stated peer compares by reference.
+    const ports = internNamedPorts(peer.namedPorts);
+    if (old && old.identity === peer.identity && (old.namedPorts === ports || namedPortsEqual(old.namedPorts, ports))) return;
     const n = parseIp(ip);
     if (n === null) return;
     if (old) this.removePeer(ip, old);
-    const rec: PeerRecord = { ip: n, identity: peer.identity, namedPorts: { ...peer.namedPorts } };
+    const rec: PeerRecord = { ip: n, identity: peer.identity, namedPorts: ports };
     this.peers.set(ip, rec);
     const changed = new Set<CachedSelector>();
     for (const s of this.cidrSelectors) if (this.peerRef(s, rec, 1)) changed.add(s);
