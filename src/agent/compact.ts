@@ -2,7 +2,8 @@
  * Compact forms of the objects the agent caches: only the fields its controllers read, held in one
  * small record per object, with the strings many objects repeat (namespaces, node names, phases)
  * and equal label sets and named-port sets shared. At 50k pods the informers' caches are most of
- * the agent's memory: a parsed Pod costs several KB in V8, a plain compact copy ~600 B, these ~150 B.
+ * the agent's memory: a parsed Pod costs several KB in V8, a plain compact copy ~600 B, these ~80 B
+ * plus their strings.
  *
  * The records read like KubeObjects (`metadata`, `spec`, `status` are getters that build a small
  * plain view on each read, and JSON.stringify gives the same text as the plain form), so code that
@@ -89,42 +90,68 @@ function internContainerPorts(ports: Ports): Ports | undefined {
   return have;
 }
 
+/** What many pods share (one workload's pods in one namespace): one frozen object per distinct content. */
+interface PodHead {
+  readonly apiVersion: string;
+  readonly kind: string;
+  readonly namespace: string | undefined;
+  readonly labels: Record<string, string> | undefined;
+  readonly ports: Ports | undefined;
+  readonly namedPorts: NamedPorts;
+}
+
+const podHeads = new Map<string, PodHead>();
+
+function podHead(apiVersion: string, kind: string, namespace: string | undefined, labels: Record<string, string> | undefined, ports: Ports): PodHead {
+  const key = JSON.stringify([apiVersion, kind, namespace ?? null, labels ?? null, ports]);
+  let have = podHeads.get(key);
+  if (!have) {
+    const np: Record<string, NamedPort[]> = {};
+    for (const p of ports) if (p.name) (np[p.name] ??= []).push({ port: p.containerPort, protocol: PROTO[p.protocol ?? 'TCP'] ?? 6 });
+    have = Object.freeze({ apiVersion: intern(apiVersion), kind: intern(kind), namespace: intern(namespace), labels: internLabels(labels), ports: internContainerPorts(ports), namedPorts: internNamedPorts(np) });
+    podHeads.set(key, have);
+  }
+  return have;
+}
+
 /** A Pod with its node, named container ports, phase, address and (for local pods) lab wiring. */
 export class PodRecord {
-  /** Named ports, shared between pods of one spec (what shared.ts namedPorts() returns). */
-  readonly namedPorts: NamedPorts;
-
   constructor(
-    readonly apiVersion: string,
-    readonly kind: string,
+    private readonly head: PodHead,
     private readonly name_: string,
-    private readonly namespace_: string | undefined,
-    private readonly labels_: Record<string, string> | undefined,
     private readonly rv: string | number | undefined,
     private readonly nodeName_: string | undefined,
     private readonly phase_: string | undefined,
     private readonly podIP_: string | undefined,
-    private readonly ports_: Ports | undefined,
     private readonly meshctl_: { readonly netns?: string; readonly lxc?: string } | undefined,
-  ) {
-    const np: Record<string, NamedPort[]> = {};
-    for (const p of ports_ ?? []) if (p.name) (np[p.name] ??= []).push({ port: p.containerPort, protocol: PROTO[p.protocol ?? 'TCP'] ?? 6 });
-    this.namedPorts = internNamedPorts(np);
+  ) {}
+
+  get apiVersion(): string {
+    return this.head.apiVersion;
+  }
+
+  get kind(): string {
+    return this.head.kind;
   }
 
   get metadata(): KubeObject['metadata'] {
-    return meta(this.name_, this.namespace_, this.labels_, this.rv);
+    return meta(this.name_, this.head.namespace, this.head.labels, this.rv);
   }
 
   get spec(): { nodeName?: string; containers?: Array<{ ports: Ports }> } {
-    return { nodeName: this.nodeName_, ...(this.ports_ ? { containers: [{ ports: this.ports_ }] } : {}) };
+    return { nodeName: this.nodeName_, ...(this.head.ports ? { containers: [{ ports: this.head.ports }] } : {}) };
   }
 
   get status(): { phase?: string; podIP?: string; meshctl?: { netns?: string; lxc?: string } } {
     return { phase: this.phase_, podIP: this.podIP_, ...(this.meshctl_ ? { meshctl: { netns: this.meshctl_.netns, lxc: this.meshctl_.lxc } } : {}) };
   }
 
-  /** Fast accessors for the controllers' hot paths (shared.ts). */
+  // Accessors for the controllers' hot paths (shared.ts), which build no view.
+  /** Named ports, shared between the pods of one spec (what shared.ts namedPorts() returns). */
+  get namedPorts(): NamedPorts {
+    return this.head.namedPorts;
+  }
+
   get nodeName(): string | undefined {
     return this.nodeName_;
   }
@@ -138,11 +165,11 @@ export class PodRecord {
   }
 
   get labels(): Record<string, string> | undefined {
-    return this.labels_;
+    return this.head.labels;
   }
 
   get namespace(): string | undefined {
-    return this.namespace_;
+    return this.head.namespace;
   }
 
   get name(): string {
@@ -178,27 +205,60 @@ export function compactPod(obj: KubeObject, localNode?: string): KubeObject {
   for (const c of spec.containers ?? []) for (const p of c.ports ?? []) if (p.name) ports.push({ name: p.name, containerPort: p.containerPort, ...(p.protocol ? { protocol: p.protocol } : {}) });
   const m = obj.metadata;
   const wiring = st.meshctl && (localNode === undefined || spec.nodeName === localNode) ? { netns: st.meshctl.netns, lxc: st.meshctl.lxc } : undefined;
-  return new PodRecord(intern(obj.apiVersion), intern(obj.kind), m.name, intern(m.namespace), internLabels(m.labels), packVersion(m.resourceVersion), intern(spec.nodeName), intern(st.phase), st.podIP, internContainerPorts(ports), wiring) as unknown as KubeObject;
+  return new PodRecord(podHead(obj.apiVersion, obj.kind, m.namespace, m.labels, ports), m.name, packVersion(m.resourceVersion), intern(spec.nodeName), intern(st.phase), st.podIP, wiring) as unknown as KubeObject;
+}
+
+/** What the MeshEndpoints of one node and namespace share. */
+interface EndpointHead {
+  readonly apiVersion: string;
+  readonly kind: string;
+  readonly namespace: string | undefined;
+  readonly labels: Record<string, string> | undefined;
+  readonly node: string | undefined;
+  readonly nodeIP: string | undefined;
+}
+
+const endpointHeads = new Map<string, EndpointHead>();
+
+function endpointHead(apiVersion: string, kind: string, namespace: string | undefined, labels: Record<string, string> | undefined, node: string | undefined, nodeIP: string | undefined): EndpointHead {
+  const key = JSON.stringify([apiVersion, kind, namespace ?? null, labels ?? null, node ?? null, nodeIP ?? null]);
+  let have = endpointHeads.get(key);
+  if (!have) {
+    have = Object.freeze({ apiVersion: intern(apiVersion), kind: intern(kind), namespace: intern(namespace), labels: internLabels(labels), node: intern(node), nodeIP: intern(nodeIP) });
+    endpointHeads.set(key, have);
+  }
+  return have;
 }
 
 /** A MeshEndpoint with its address, identity, node and endpoint id. */
 export class MeshEndpointRecord {
   constructor(
-    readonly apiVersion: string,
-    readonly kind: string,
+    private readonly head: EndpointHead,
     private readonly name_: string,
-    private readonly namespace_: string | undefined,
-    private readonly labels_: Record<string, string> | undefined,
     private readonly rv: string | number | undefined,
     readonly ip: string | undefined,
     readonly identity: number | undefined,
-    readonly node: string | undefined,
-    readonly nodeIP: string | undefined,
     readonly endpointID: number | undefined,
   ) {}
 
+  get apiVersion(): string {
+    return this.head.apiVersion;
+  }
+
+  get kind(): string {
+    return this.head.kind;
+  }
+
+  get node(): string | undefined {
+    return this.head.node;
+  }
+
+  get nodeIP(): string | undefined {
+    return this.head.nodeIP;
+  }
+
   get metadata(): KubeObject['metadata'] {
-    return meta(this.name_, this.namespace_, this.labels_, this.rv);
+    return meta(this.name_, this.head.namespace, this.head.labels, this.rv);
   }
 
   get spec(): { ip?: string; identity?: number; node?: string; nodeIP?: string; endpointID?: number } {
@@ -210,7 +270,7 @@ export class MeshEndpointRecord {
   }
 
   get namespace(): string | undefined {
-    return this.namespace_;
+    return this.head.namespace;
   }
 
   toJSON(): KubeObject {
@@ -222,5 +282,5 @@ export class MeshEndpointRecord {
 export function compactMeshEndpoint(obj: KubeObject): KubeObject {
   const s = (obj.spec ?? {}) as { ip?: string; identity?: number; node?: string; nodeIP?: string; endpointID?: number };
   const m = obj.metadata;
-  return new MeshEndpointRecord(intern(obj.apiVersion), intern(obj.kind), m.name, intern(m.namespace), internLabels(m.labels), packVersion(m.resourceVersion), s.ip, s.identity, intern(s.node), intern(s.nodeIP), s.endpointID) as unknown as KubeObject;
+  return new MeshEndpointRecord(endpointHead(obj.apiVersion, obj.kind, m.namespace, m.labels, s.node, s.nodeIP), m.name, packVersion(m.resourceVersion), s.ip, s.identity, s.endpointID) as unknown as KubeObject;
 }
