@@ -150,8 +150,14 @@ async function worker(store: string, pinDir: string, size: number, rounds: numbe
 
   note('   datapath open');
   gc();
-  const rssBefore = process.memoryUsage().rss;
-  const heapBefore = process.memoryUsage().heapUsed;
+  const memBefore = process.memoryUsage();
+  const rssBefore = memBefore.rss;
+  const heapBefore = memBefore.heapUsed;
+  let peak = memBefore;
+  const peakTimer = setInterval(() => {
+    const m = process.memoryUsage();
+    if (m.rss > peak.rss) peak = m;
+  }, 50);
   const t0 = performance.now();
   await identities.start();
   note('   identities started');
@@ -164,6 +170,13 @@ async function worker(store: string, pinDir: string, size: number, rounds: numbe
   gc();
   const rssPerEndpointB = (process.memoryUsage().rss - rssBefore) / size;
   const heapPerEndpointB = (process.memoryUsage().heapUsed - heapBefore) / size;
+  clearInterval(peakTimer);
+  {
+    // Where RSS growth sits: the V8 heap's committed pages, buffers outside it, and the rest (malloc, code).
+    const m = process.memoryUsage();
+    const per = (a: number, b: number): number => Math.round((a - b) / size);
+    note(`   per endpoint: rss ${per(m.rss, memBefore.rss)} B, heap committed ${per(m.heapTotal, memBefore.heapTotal)} B, heap used ${per(m.heapUsed, memBefore.heapUsed)} B, external ${per(m.external, memBefore.external)} B, other ${per(m.rss - m.heapTotal - m.external, memBefore.rss - memBefore.heapTotal - memBefore.external)} B; at the peak (sync): rss ${per(peak.rss, memBefore.rss)} B, heap used ${per(peak.heapUsed, memBefore.heapUsed)} B`);
+  }
   if (heapSnapshot) note(`   heap snapshot: ${writeHeapSnapshot(heapSnapshot.replace('%n', String(size)))}`);
 
   // A bare watch for the baseline rounds.
