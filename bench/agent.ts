@@ -16,7 +16,10 @@
  *   no-op       a forced re-list of every informer that finds nothing changed (time, events,
  *               map writes), and one drift repair (a full compare with the kernel maps)
  *
+ * The store is filled by a separate process first, so the worker's memory figures hold no fill garbage.
+ *
  * Run as root: node dist/bench/agent.js [--sizes 1000,10000,50000] [--rounds 5] [--changes 40]
+ *   [--heap-snapshot /tmp/agent-%n.heapsnapshot]  (a V8 heap snapshot after sync, %n = pods)
  * Table on stderr, JSON on stdout.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -24,6 +27,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { writeHeapSnapshot } from 'node:v8';
 import { execa } from 'execa';
 
 import { EtcdClusterClient } from '../src/cluster/etcd-client.js';
@@ -112,11 +116,9 @@ function pct(values: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
-async function worker(store: string, pinDir: string, size: number, rounds: number, changes: number): Promise<WorkerResult> {
+async function worker(store: string, pinDir: string, size: number, rounds: number, changes: number, storeBytesPerPod: number, heapSnapshot?: string): Promise<WorkerResult> {
   const gc = (globalThis as { gc?: () => void }).gc ?? ((): void => undefined);
   await waitForStore(store);
-  note(`   filling the store`);
-  const storeBytesPerPod = await fillStore(store, size);
   const client = new EtcdClusterClient({ endpoints: [store] });
   const dp = await Datapath.open({ pinDir, nodeIp: NODE_IP, nodeId: 1, clusterId: CLUSTER_ID, routing: 'tunnel' });
   const ipcache = dp.rawMap(MapNames.ipcache);
@@ -148,8 +150,14 @@ async function worker(store: string, pinDir: string, size: number, rounds: numbe
 
   note('   datapath open');
   gc();
-  const rssBefore = process.memoryUsage().rss;
-  const heapBefore = process.memoryUsage().heapUsed;
+  const memBefore = process.memoryUsage();
+  const rssBefore = memBefore.rss;
+  const heapBefore = memBefore.heapUsed;
+  let peak = memBefore;
+  const peakTimer = setInterval(() => {
+    const m = process.memoryUsage();
+    if (m.rss > peak.rss) peak = m;
+  }, 50);
   const t0 = performance.now();
   await identities.start();
   note('   identities started');
@@ -162,6 +170,14 @@ async function worker(store: string, pinDir: string, size: number, rounds: numbe
   gc();
   const rssPerEndpointB = (process.memoryUsage().rss - rssBefore) / size;
   const heapPerEndpointB = (process.memoryUsage().heapUsed - heapBefore) / size;
+  clearInterval(peakTimer);
+  {
+    // Where RSS growth sits: the V8 heap's committed pages, buffers outside it, and the rest (malloc, code).
+    const m = process.memoryUsage();
+    const per = (a: number, b: number): number => Math.round((a - b) / size);
+    note(`   per endpoint: rss ${per(m.rss, memBefore.rss)} B, heap committed ${per(m.heapTotal, memBefore.heapTotal)} B, heap used ${per(m.heapUsed, memBefore.heapUsed)} B, external ${per(m.external, memBefore.external)} B, other ${per(m.rss - m.heapTotal - m.external, memBefore.rss - memBefore.heapTotal - memBefore.external)} B; at the peak (sync): rss ${per(peak.rss, memBefore.rss)} B, heap used ${per(peak.heapUsed, memBefore.heapUsed)} B`);
+  }
+  if (heapSnapshot) note(`   heap snapshot: ${writeHeapSnapshot(heapSnapshot.replace('%n', String(size)))}`);
 
   // A bare watch for the baseline rounds.
   let watchWaiting = new Map<string, { t0: number; resolve: (ms: number) => void }>();
@@ -325,18 +341,26 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       worker: { type: 'boolean', default: false },
+      fill: { type: 'boolean', default: false },
+      'store-bytes': { type: 'string', default: '0' },
       store: { type: 'string' },
       'pin-dir': { type: 'string' },
       size: { type: 'string' },
       sizes: { type: 'string', default: '1000,10000,50000' },
       rounds: { type: 'string', default: '5' },
       changes: { type: 'string', default: '40' },
+      'heap-snapshot': { type: 'string' },
     },
   });
   const rounds = Number(values.rounds);
   const changes = Number(values.changes);
+  if (values.fill) {
+    await waitForStore(values.store!);
+    process.stdout.write(`${await fillStore(values.store!, Number(values.size))}\n`);
+    process.exit(0);
+  }
   if (values.worker) {
-    const r = await worker(values.store!, values['pin-dir']!, Number(values.size), rounds, changes);
+    const r = await worker(values.store!, values['pin-dir']!, Number(values.size), rounds, changes, Number(values['store-bytes']), values['heap-snapshot']);
     process.stdout.write(`${JSON.stringify(r)}\n`);
     process.exit(0);
   }
@@ -359,7 +383,13 @@ async function main(): Promise<void> {
         etcd = startEtcd(dir, port);
         const store = `http://127.0.0.1:${port}`;
         note(`⌛ ${size} pods: store, agent sync and ${rounds} rounds of ${changes} changes`);
-        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--pin-dir', PIN_DIR, '--size', String(size), '--rounds', String(rounds), '--changes', String(changes)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
+        // The store is filled by a process of its own, so the worker's RSS before the agent starts
+        // holds none of the fill's garbage (which the agent's growth would otherwise reuse unseen).
+        note(`   filling the store`);
+        const fill = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, process.argv[1], '--fill', '--store', store, '--size', String(size)], { reject: false, cancelSignal: signal, stderr: 'inherit' });
+        if (fill.exitCode !== 0) throw new Error(`filling the store for ${size} pods exited ${fill.exitCode}`);
+        const storeBytes = String(fill.stdout).trim().split('\n').pop()!;
+        const w = await execa('nsenter', [`--net=/run/netns/${NETNS}`, process.execPath, '--expose-gc', process.argv[1], '--worker', '--store', store, '--pin-dir', PIN_DIR, '--size', String(size), '--store-bytes', storeBytes, '--rounds', String(rounds), '--changes', String(changes), ...(values['heap-snapshot'] ? ['--heap-snapshot', values['heap-snapshot']] : [])], { reject: false, cancelSignal: signal, stderr: 'inherit' });
         if (w.exitCode !== 0) throw new Error(`worker for ${size} pods exited ${w.exitCode}`);
         results.push(JSON.parse(String(w.stdout).trim().split('\n').pop()!) as WorkerResult);
         etcd.kill('SIGKILL');

@@ -21,7 +21,7 @@ import { parseNamespace, parseNode, parsePod, parseService } from '../cluster/sc
 import { parseIdentity } from '../cluster/identity.js';
 import { POLICY_MAX_ENTRIES_PER_DIRECTION } from '../defaults.js';
 import { errorMessage } from '../util/errors.js';
-import { compactMeshEndpoint, compactPod } from './compact.js';
+import { compactMeshEndpoint, podCompactor } from './compact.js';
 import { labelsHash, podIdentityLabels } from './labels.js';
 import { CIDR_IDENTITY_BASE, PolicyEngine } from './policy-engine.js';
 import { EndpointsController } from './controllers/endpoints.js';
@@ -122,7 +122,7 @@ export class ControllerManager {
         return v instanceof Error ? v : compact(v as KubeObject);
       };
     this.informers = {
-      pods: f.informer('pods', { parse: typed(parsePod, compactPod), indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
+      pods: f.informer('pods', { parse: typed(parsePod, podCompactor(o.self.node)), indexers: { [Index.podsByNode]: indexers.byNode, [Index.podsByIp]: indexers.byPodIP, [Index.podsByNamespace]: indexers.byNamespace, [Index.podsByIdentityLabels]: byIdentityLabels } }),
       nodes: f.informer('nodes', { parse: typed(parseNode) }),
       services: f.informer('services', { parse: typed(parseService), indexers: { [Index.servicesByNamespace]: indexers.byNamespace } }),
       namespaces: f.informer('namespaces', { parse: typed(parseNamespace) }),

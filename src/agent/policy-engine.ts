@@ -54,6 +54,7 @@ import {
   IDENTITY_WORLD,
 } from './identity.js';
 import { compareStrings, isLabels, labelsEqual, parseSelector, SelectorError, selectorAnd, selectorMatches, selectorNames, splitSelector, type Labels, type Selector, type SelectorRequirement } from './labels.js';
+import { internNamedPorts } from './compact.js';
 import type { DirectionPolicy, EndpointPolicy, NamedPort, PolicyEndpoint, PolicyProblem, PolicyRule } from './policy.js';
 
 /** Identity 0 in a rule: any peer identity. */
@@ -564,8 +565,9 @@ interface PrefixEntry {
   refs: number;
 }
 
+/** What a peer contributes, shared by all peers of one identity and named-port set (refs: how many). */
 interface PeerRecord {
-  readonly ip: number;
+  refs: number;
   readonly identity: number;
   readonly namedPorts: Readonly<Record<string, readonly NamedPort[]>>;
 }
@@ -647,6 +649,8 @@ export class PolicyEngine {
   private readonly selectorsOfId = new Map<number, Set<CachedSelector>>();
 
   private readonly peers = new Map<string, PeerRecord>();
+  /** identity → shared port set → the one PeerRecord of both (a peer costs a map entry). */
+  private readonly peerRecords = new Map<number, Map<PolicyPeer['namedPorts'], PeerRecord>>();
   /** identity → port name → `port/proto` → how many peers of that identity have it. */
   private readonly namedPortsById = new Map<number, Map<string, Map<string, number>>>();
   /** port name → identities that have a peer with that name. */
@@ -787,14 +791,20 @@ export class PolicyEngine {
 
   upsertPeer(ip: string, peer: PolicyPeer): void {
     const old = this.peers.get(ip);
-    if (old && old.identity === peer.identity && namedPortsEqual(old.namedPorts, peer.namedPorts)) return;
+    // Equal port sets are one shared object, so a re-stated peer compares by reference.
+    const ports = internNamedPorts(peer.namedPorts);
+    if (old && old.identity === peer.identity && (old.namedPorts === ports || namedPortsEqual(old.namedPorts, ports))) return;
     const n = parseIp(ip);
     if (n === null) return;
     if (old) this.removePeer(ip, old);
-    const rec: PeerRecord = { ip: n, identity: peer.identity, namedPorts: { ...peer.namedPorts } };
+    let byPorts = this.peerRecords.get(peer.identity);
+    if (!byPorts) this.peerRecords.set(peer.identity, (byPorts = new Map()));
+    let rec = byPorts.get(ports);
+    if (!rec) byPorts.set(ports, (rec = { refs: 0, identity: peer.identity, namedPorts: ports }));
+    rec.refs++;
     this.peers.set(ip, rec);
     const changed = new Set<CachedSelector>();
-    for (const s of this.cidrSelectors) if (this.peerRef(s, rec, 1)) changed.add(s);
+    for (const s of this.cidrSelectors) if (this.peerRef(s, n, rec, 1)) changed.add(s);
     this.selectorsChanged(changed);
     this.namedPortsRef(rec, 1);
   }
@@ -806,16 +816,22 @@ export class PolicyEngine {
 
   private removePeer(ip: string, rec: PeerRecord): void {
     this.peers.delete(ip);
+    if (--rec.refs === 0) {
+      const byPorts = this.peerRecords.get(rec.identity)!;
+      byPorts.delete(rec.namedPorts);
+      if (byPorts.size === 0) this.peerRecords.delete(rec.identity);
+    }
+    const n = parseIp(ip)!;
     const changed = new Set<CachedSelector>();
-    for (const s of this.cidrSelectors) if (this.peerRef(s, rec, -1)) changed.add(s);
+    for (const s of this.cidrSelectors) if (this.peerRef(s, n, rec, -1)) changed.add(s);
     this.selectorsChanged(changed);
     this.namedPortsRef(rec, -1);
   }
 
   /** Count a peer in or out of a cidr selector; true when its match set changed. */
-  private peerRef(s: CachedSelector, rec: PeerRecord, delta: 1 | -1): boolean {
+  private peerRef(s: CachedSelector, ip: number, rec: PeerRecord, delta: 1 | -1): boolean {
     const sel = s.sel as Extract<PeerSelector, { kind: 'cidr' }>;
-    if (!cidrContains(sel.cidr, rec.ip) || sel.except.some((e) => cidrContains(e, rec.ip))) return false;
+    if (!cidrContains(sel.cidr, ip) || sel.except.some((e) => cidrContains(e, ip))) return false;
     const n = (s.podRefs.get(rec.identity) ?? 0) + delta;
     if (n > 0) s.podRefs.set(rec.identity, n);
     else s.podRefs.delete(rec.identity);
@@ -1024,7 +1040,7 @@ export class PolicyEngine {
       for (const p of this.prefixes.values()) this.setMatch(s, p.id, true);
     } else {
       this.cidrSelectors.add(s);
-      for (const rec of this.peers.values()) this.peerRef(s, rec, 1);
+      for (const [ip, rec] of this.peers) this.peerRef(s, parseIp(ip)!, rec, 1);
       // Until the ipcache holds 0.0.0.0/0, addresses outside the mesh are still world.
       if (sel.cidr.prefix === 0 && sel.except.length === 0) this.setMatch(s, IDENTITY_WORLD, true);
       // Existing prefixes first, then this selector's own (which also updates the others).

@@ -103,7 +103,8 @@ export class Informer<T extends KubeObject = KubeObject> {
   private bad = new Map<string, string>();
   private readonly handlers: ResourceEventHandlers<T>[] = [];
   private readonly indexFns = new Map<string, IndexFunc<T>>();
-  private readonly indices = new Map<string, Map<string, Set<string>>>();
+  /** Index name → value → the one key under it, or a Set when there are several (most values of a unique index, such as an IP, have one). */
+  private readonly indices = new Map<string, Map<string, IndexEntry>>();
   private watch: Watch | null = null;
   private watchSince = 0;
   /** Bumped by every list and by stop(), so callbacks of an older watch are ignored. */
@@ -141,7 +142,7 @@ export class Informer<T extends KubeObject = KubeObject> {
       if (have === fn) continue;
       if (have) throw new Error(`informer ${this.resource}: index ${name} already exists with another function`);
       this.indexFns.set(name, fn);
-      const idx = new Map<string, Set<string>>();
+      const idx = new Map<string, IndexEntry>();
       this.indices.set(name, idx);
       for (const [key, obj] of this.cache) addToIndex(idx, key, this.values(fn, obj));
     }
@@ -195,7 +196,8 @@ export class Informer<T extends KubeObject = KubeObject> {
   indexKeys(index: string, value: string): string[] {
     const idx = this.indices.get(index);
     if (!idx) throw new Error(`informer ${this.resource}: no index ${index}`);
-    return [...(idx.get(value) ?? [])];
+    const e = idx.get(value);
+    return e === undefined ? [] : typeof e === 'string' ? [e] : [...e];
   }
 
   /** Keys whose current value was skipped, and why. */
@@ -303,7 +305,8 @@ export class Informer<T extends KubeObject = KubeObject> {
       else fresh.set(key, parsed);
     }
     this.bad = bad;
-    for (const [key, old] of [...this.cache]) {
+    // Deleting the entry being visited is safe in a Map's iteration (and copies nothing).
+    for (const [key, old] of this.cache) {
       if (fresh.has(key)) continue;
       this.remove(key, old);
       this.notify((h) => h.onDelete?.(old));
@@ -394,20 +397,29 @@ function sameVersion(a: KubeObject, b: KubeObject): boolean {
   return ra !== undefined && rb !== undefined ? ra === rb : JSON.stringify(a) === JSON.stringify(b);
 }
 
-function addToIndex(idx: Map<string, Set<string>>, key: string, values: readonly string[]): void {
+type IndexEntry = string | Set<string>;
+
+function addToIndex(idx: Map<string, IndexEntry>, key: string, values: readonly string[]): void {
   for (const v of values) {
-    let keys = idx.get(v);
-    if (!keys) idx.set(v, (keys = new Set()));
-    keys.add(key);
+    const keys = idx.get(v);
+    if (keys === undefined) idx.set(v, key);
+    else if (typeof keys === 'string') {
+      if (keys !== key) idx.set(v, new Set([keys, key]));
+    } else keys.add(key);
   }
 }
 
-function removeFromIndex(idx: Map<string, Set<string>>, key: string, values: readonly string[]): void {
+function removeFromIndex(idx: Map<string, IndexEntry>, key: string, values: readonly string[]): void {
   for (const v of values) {
     const keys = idx.get(v);
-    if (!keys) continue;
+    if (keys === undefined) continue;
+    if (typeof keys === 'string') {
+      if (keys === key) idx.delete(v);
+      continue;
+    }
     keys.delete(key);
-    if (keys.size === 0) idx.delete(v);
+    if (keys.size === 1) idx.set(v, keys.values().next().value as string);
+    else if (keys.size === 0) idx.delete(v);
   }
 }
 

@@ -1,13 +1,15 @@
 /**
  * Services controller (key: namespace/name of a Service): one datapath frontend per service port,
  * with the Running pods its selector matches as backends. A pod change re-queues only the services of
- * its namespace whose selector matches the pod before or after the change.
+ * its namespace whose selector matches the pod before or after the change, and a service's reconcile
+ * reads only the pods it selects.
  */
 import type { KubeObject } from '../../cluster/types.js';
 import type { ServiceBackend } from '../../datapath/datapath.js';
 import type { ServiceKey } from '../../datapath/codecs.js';
 import { WorkQueue } from '../workqueue.js';
-import { Index, PROTO, namedPorts, objKey, podIp, podRunning, type Controller, type ControllerDeps } from './shared.js';
+import { MeshEndpointRecord } from '../compact.js';
+import { Index, PROTO, namedPorts, objKey, podIp, podLabels, podNode, podRunning, type Controller, type ControllerDeps } from './shared.js';
 
 interface ServiceSpec {
   readonly clusterIP?: string;
@@ -16,8 +18,14 @@ interface ServiceSpec {
 }
 
 export function selects(selector: Record<string, string> | undefined, pod: KubeObject): boolean {
-  if (!selector || Object.keys(selector).length === 0) return false;
-  return Object.entries(selector).every(([k, v]) => pod.metadata.labels?.[k] === v);
+  if (!selector) return false;
+  const labels = podLabels(pod);
+  let any = false;
+  for (const k in selector) {
+    if (labels?.[k] !== selector[k]) return false;
+    any = true;
+  }
+  return any;
 }
 
 export function resolveTargetPort(pod: KubeObject, target: number | string): number | null {
@@ -49,55 +57,112 @@ export function serviceFrontends(svc: KubeObject, pods: readonly KubeObject[], p
 
 const frontendId = (k: ServiceKey): string => `${k.vip}:${k.dport}/${k.proto}`;
 
+/**
+ * The services controller keeps, per service, the keys of the pods its selector matches (whatever
+ * their phase), updated by pod events: a pod change checks the selectors of its namespace's
+ * services (not the other pods) and re-queues only the services it belongs to before or after, and
+ * a service's reconcile reads only its own members. Only a new or changed selector scans the
+ * namespace's pods.
+ */
 export class ServicesController implements Controller {
   readonly name = 'services';
   readonly queue: WorkQueue;
   private readonly programmed = new Map<string, ServiceKey[]>();
+  /** Service key → pod keys its selector matches; built with the selector in `builtWith`. */
+  private readonly members = new Map<string, Set<string>>();
+  private readonly builtWith = new Map<string, string>();
+  /** Pods read to decide services' membership and backends, in total (a test's and metrics' view of the cost). */
+  podsExamined = 0;
 
   constructor(private readonly d: ControllerDeps) {
     this.queue = new WorkQueue({ name: this.name, reconcile: (k) => this.reconcile(k), afterBatch: () => d.requestFlush() });
     const { services, pods } = d.informers;
-    services.addEventHandler({
-      onAdd: (s) => this.queue.add(objKey(s)),
-      onUpdate: (_a, b) => this.queue.add(objKey(b)),
-      onDelete: (s) => this.queue.add(objKey(s)),
-    });
-    const affected = (p: KubeObject): void => {
-      for (const s of services.byIndex(Index.servicesByNamespace, p.metadata.namespace ?? 'default')) {
-        if (selects((s.spec as ServiceSpec | undefined)?.selector, p)) this.queue.add(objKey(s));
-      }
+    // Pod events do not reach the member set of a service that is not cached: a new one is built afresh.
+    const drop = (s: KubeObject): void => {
+      this.members.delete(objKey(s));
+      this.builtWith.delete(objKey(s));
+      this.queue.add(objKey(s));
     };
+    services.addEventHandler({ onAdd: drop, onUpdate: (_a, b) => this.queue.add(objKey(b)), onDelete: drop });
     pods.addEventHandler({
-      onAdd: affected,
-      onUpdate: (a, b) => {
-        affected(a);
-        affected(b);
-      },
-      onDelete: affected,
+      onAdd: (p) => this.podChanged(undefined, p),
+      onUpdate: (a, b) => this.podChanged(a, b),
+      onDelete: (p) => this.podChanged(p, undefined),
     });
     // A pod's node publishing (or withdrawing) its endpoint makes it a backend (or not).
     const byEndpoint = (e: KubeObject): void => {
       const p = pods.get(objKey(e));
-      if (p) affected(p);
+      if (p) this.podChanged(p, p);
     };
     d.informers.meshEndpoints.addEventHandler({ onAdd: byEndpoint, onUpdate: (_a, b) => byEndpoint(b), onDelete: byEndpoint });
+  }
+
+  /** Move a pod in or out of its namespace's services' member sets; queue the services it was or is in. */
+  private podChanged(before: KubeObject | undefined, after: KubeObject | undefined): void {
+    const p = (after ?? before)!;
+    const key = objKey(p);
+    const namespaces = new Set([before?.metadata.namespace ?? 'default', after?.metadata.namespace ?? 'default']);
+    this.podsExamined++;
+    for (const ns of namespaces) {
+      for (const s of this.d.informers.services.byIndex(Index.servicesByNamespace, ns)) {
+        const sk = objKey(s);
+        const sel = (s.spec as ServiceSpec | undefined)?.selector;
+        const was = before !== undefined && (before.metadata.namespace ?? 'default') === ns && selects(sel, before);
+        const is = after !== undefined && (after.metadata.namespace ?? 'default') === ns && selects(sel, after);
+        const set = this.members.get(sk);
+        if (set) {
+          if (is) set.add(key);
+          else set.delete(key);
+        }
+        if (was || is) this.queue.add(sk);
+      }
+    }
   }
 
   /** Has the pod's node programmed it (its MeshEndpoint names the pod's address and node)? */
   private programmedPod = (p: KubeObject): boolean => {
     const ep = this.d.informers.meshEndpoints.get(objKey(p));
+    if (ep instanceof MeshEndpointRecord) return ep.ip === podIp(p) && ep.node === podNode(p);
     const s = ep?.spec as { ip?: string; node?: string } | undefined;
-    return !!s && s.ip === podIp(p) && s.node === (p.spec as { nodeName?: string } | undefined)?.nodeName;
+    return !!s && s.ip === podIp(p) && s.node === podNode(p);
   };
 
   initialKeys(): Iterable<string> {
     return this.d.informers.services.list().map(objKey);
   }
 
+  /** The pods a service's selector matches: its member set, (re)built when the selector is new. */
+  private membersOf(key: string, svc: KubeObject): KubeObject[] {
+    const { pods } = this.d.informers;
+    const sel = (svc.spec as ServiceSpec | undefined)?.selector;
+    const selText = JSON.stringify(sel ?? null);
+    let set = this.members.get(key);
+    if (!set || this.builtWith.get(key) !== selText) {
+      set = new Set();
+      for (const p of pods.byIndex(Index.podsByNamespace, svc.metadata.namespace ?? 'default')) {
+        this.podsExamined++;
+        if (selects(sel, p)) set.add(objKey(p));
+      }
+      this.members.set(key, set);
+      this.builtWith.set(key, selText);
+    }
+    const out: KubeObject[] = [];
+    for (const k of set) {
+      const p = pods.get(k);
+      this.podsExamined++;
+      if (p) out.push(p);
+    }
+    return out;
+  }
+
   private reconcile(key: string): void {
     const { dp, informers } = this.d;
     const svc = informers.services.get(key);
-    const want = svc ? serviceFrontends(svc, informers.pods.byIndex(Index.podsByNamespace, svc.metadata.namespace ?? 'default'), this.programmedPod) : [];
+    const want = svc ? serviceFrontends(svc, this.membersOf(key, svc), this.programmedPod) : [];
+    if (!svc) {
+      this.members.delete(key);
+      this.builtWith.delete(key);
+    }
     const keep = new Set(want.map((f) => frontendId(f.key)));
     for (const k of this.programmed.get(key) ?? []) if (!keep.has(frontendId(k))) dp.deleteService(k);
     for (const f of want) dp.upsertService(f.key, f.backends);

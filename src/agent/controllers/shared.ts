@@ -9,6 +9,7 @@ import type { IdentityAllocator } from '../../cluster/identity.js';
 import type { Informer } from '../../cluster/informer.js';
 import type { KubeObject } from '../../cluster/types.js';
 import type { Datapath } from '../../datapath/datapath.js';
+import { MeshEndpointRecord, PodRecord, internNamedPorts, type NamedPorts } from '../compact.js';
 import type { PolicyEngine } from '../policy-engine.js';
 import type { WorkQueue } from '../workqueue.js';
 
@@ -72,23 +73,34 @@ export interface Controller {
 export const PROTO: Readonly<Record<string, number>> = { TCP: 6, UDP: 17, SCTP: 132 };
 
 export function podNode(pod: KubeObject | undefined): string | undefined {
+  if (pod instanceof PodRecord) return pod.nodeName;
   return (pod?.spec as { nodeName?: string } | undefined)?.nodeName;
 }
 
 export function podIp(pod: KubeObject | undefined): string | undefined {
+  if (pod instanceof PodRecord) return pod.podIP;
   return (pod?.status as { podIP?: string } | undefined)?.podIP;
 }
 
 export function podRunning(pod: KubeObject | undefined): boolean {
+  if (pod instanceof PodRecord) return pod.phase === 'Running';
   return (pod?.status as { phase?: string } | undefined)?.phase === 'Running';
 }
 
+/** A pod's labels (without building its metadata view). */
+export function podLabels(pod: KubeObject): Readonly<Record<string, string>> | undefined {
+  if (pod instanceof PodRecord) return pod.labels;
+  return pod.metadata.labels;
+}
+
 export function objKey(obj: KubeObject): string {
+  if (obj instanceof PodRecord || obj instanceof MeshEndpointRecord) return obj.namespace ? `${obj.namespace}/${obj.name}` : obj.name;
   return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name;
 }
 
-/** Container port name → ports of a pod (named ports in policy and targetPort). */
-export function namedPorts(pod: KubeObject): Record<string, Array<{ port: number; protocol: number }>> {
+/** Container port name → ports of a pod (named ports in policy and targetPort); shared, read-only. */
+export function namedPorts(pod: KubeObject): NamedPorts {
+  if (pod instanceof PodRecord) return pod.namedPorts;
   const out: Record<string, Array<{ port: number; protocol: number }>> = {};
   const containers = (pod.spec as { containers?: Array<{ ports?: Array<{ name?: string; containerPort: number; protocol?: string }> }> })?.containers ?? [];
   for (const c of containers) {
@@ -96,5 +108,5 @@ export function namedPorts(pod: KubeObject): Record<string, Array<{ port: number
       if (p.name) (out[p.name] ??= []).push({ port: p.containerPort, protocol: PROTO[p.protocol ?? 'TCP'] ?? 6 });
     }
   }
-  return out;
+  return internNamedPorts(out);
 }
