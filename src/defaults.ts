@@ -18,7 +18,12 @@ export const MGMT_BASE = '198.18.0.0';
 /** VPC subnets inside a lab's underlay namespace: 172.31.<vpcIndex>.0/24. */
 export const VPC_BASE = '172.31.0.0/16';
 
-export const DEFAULT_SERVICE_CIDR = '10.96.0.0/16';
+/**
+ * Service CIDRs must be disjoint inside a mesh, so by default each cluster takes its own /20 of
+ * 10.96.0.0/12, chosen by its id (id 1: 10.96.16.0/20 … id 255: 10.111.240.0/20).
+ */
+export const DEFAULT_SERVICE_RANGE = '10.96.0.0/12';
+export const DEFAULT_SERVICE_PREFIX = 20;
 export const DEFAULT_NODES = 2;
 export const MAX_NODES = 16;
 export const DEFAULT_ROUTING = 'tunnel' as const;

@@ -1,7 +1,7 @@
 /** `meshctl lab …`: commander wiring only; each action calls one domain function. */
 import { spawn } from 'node:child_process';
 import { Command, Option } from 'commander';
-import { DEFAULT_NODES, DEFAULT_ROUTING, DEFAULT_SERVICE_CIDR, ROUTING_MODES } from '../defaults.js';
+import { DEFAULT_NODES, DEFAULT_ROUTING, ROUTING_MODES } from '../defaults.js';
 import type { KubeObject } from '../cluster/types.js';
 import { createCluster } from '../lab/create.js';
 import { deleteAll, deleteCluster } from '../lab/delete.js';
@@ -33,12 +33,12 @@ export function labCommand(): Command {
     .argument('<name>', 'cluster name (DNS label, 1-32 chars, not "default")')
     .requiredOption('--id <n>', 'cluster id, 1-255')
     .requiredOption('--pod-cidr <cidr>', 'pod CIDR, e.g. 10.1.0.0/16')
-    .option('--service-cidr <cidr>', 'service CIDR', DEFAULT_SERVICE_CIDR)
+    .option('--service-cidr <cidr>', 'service CIDR (default: a /20 of 10.96.0.0/12 chosen by the cluster id, so clusters of a mesh never overlap)')
     .option('--nodes <k>', 'number of nodes', String(DEFAULT_NODES))
     .option('--vpc <names>', 'VPC(s) to put nodes in, comma-separated; nodes are spread over them (default: one named after the cluster)')
     .addOption(new Option('--routing <mode>', 'routing mode').choices([...ROUTING_MODES]).default(DEFAULT_ROUTING))
     .addHelpText('after', '\nExample:\n  meshctl lab create c1 --id 1 --pod-cidr 10.1.0.0/16 --nodes 2')
-    .action(async (name: string, o: { id: string; podCidr: string; serviceCidr: string; nodes: string; vpc?: string; routing: string }) => {
+    .action(async (name: string, o: { id: string; podCidr: string; serviceCidr?: string; nodes: string; vpc?: string; routing: string }) => {
       requireRoot('lab create');
       const started = Date.now();
       const c = await createCluster(paths(), {

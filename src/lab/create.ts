@@ -9,7 +9,8 @@ import {
   BPF_PIN_ROOT,
   DEFAULT_NODES,
   DEFAULT_ROUTING,
-  DEFAULT_SERVICE_CIDR,
+  DEFAULT_SERVICE_PREFIX,
+  DEFAULT_SERVICE_RANGE,
   STORE_CLIENT_PORT,
   STORE_READY_TIMEOUT_MS,
   type RoutingMode,
@@ -65,7 +66,7 @@ export interface CreateClusterOptions {
   /** Cluster id, 1..255. */
   readonly id: string | number;
   readonly podCidr: string;
-  /** Default 10.96.0.0/16. */
+  /** Default: the id-th /20 of 10.96.0.0/12 (see defaultServiceCidr). */
   readonly serviceCidr?: string;
   /** Default 2. */
   readonly nodes?: string | number;
@@ -90,11 +91,16 @@ interface Step {
 /** Test hook: fail right after the named step, to prove that a failed create leaves nothing. */
 const FAIL_AFTER_ENV = 'MESHCTL_LAB_FAIL_AFTER';
 
+/** A cluster's default service CIDR: its own /20 of 10.96.0.0/12, by id, so clusters of a mesh never share one. */
+export function defaultServiceCidr(id: number): string {
+  return formatCidr(subnetAt(parseCidr(DEFAULT_SERVICE_RANGE)!, DEFAULT_SERVICE_PREFIX, id));
+}
+
 export async function createCluster(paths: LabPaths, opts: CreateClusterOptions): Promise<ClusterState> {
   const name = validateClusterName(opts.name);
   const id = validateClusterId(opts.id);
   const pod = validatePodCidr(opts.podCidr);
-  const svc = validatePodCidr(opts.serviceCidr ?? DEFAULT_SERVICE_CIDR, 'service CIDR');
+  const svc = validatePodCidr(opts.serviceCidr ?? defaultServiceCidr(id), 'service CIDR');
   const nodeCount = validateNodeCount(opts.nodes ?? DEFAULT_NODES);
   const vpcNames = opts.vpcs ? validateVpcNames(opts.vpcs) : [name];
   const routing: RoutingMode = validateRouting(opts.routing ?? DEFAULT_ROUTING);
