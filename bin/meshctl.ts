@@ -2,7 +2,10 @@
 /** meshctl: one top-level handler prints errors (one line, with a hint by error type) and sets the exit code. */
 import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
+import { connectCommand, disconnectCommand } from '../src/commands/connect.js';
 import { labCommand } from '../src/commands/lab.js';
+import { meshExportCommand } from '../src/commands/mesh-export.js';
+import { PreflightError } from '../src/mesh/preflight.js';
 import { EnvironmentError, NotFoundError, ValidationError } from '../src/util/errors.js';
 
 const program = new Command('meshctl')
@@ -13,7 +16,10 @@ const program = new Command('meshctl')
   .configureOutput({ outputError: (str, write) => write(`❌ ${str.replace(/^error: /, '')}`) })
   .addHelpText('after', '\nExample:\n  meshctl lab create c1 --id 1 --pod-cidr 10.1.0.0/16')
   .addCommand(labCommand())
-  .addCommand(agentCommand(), { hidden: true });
+  .addCommand(connectCommand())
+  .addCommand(disconnectCommand())
+  .addCommand(agentCommand(), { hidden: true })
+  .addCommand(meshExportCommand(), { hidden: true });
 
 const outputError = (str: string, write: (s: string) => void): void => write(`❌ ${str.replace(/^error: /, '')}`);
 for (const c of program.commands) {
@@ -33,6 +39,7 @@ try {
   } else {
     process.stderr.write(`❌ ${err instanceof Error ? err.message : String(err)}\n`);
     if (err instanceof EnvironmentError && err.hint) process.stderr.write(`💡 ${err.hint}\n`);
+    if (err instanceof PreflightError && err.hint) process.stderr.write(`💡 ${err.hint}\n`);
     if (err instanceof NotFoundError && err.what === 'context') process.stderr.write('💡 list clusters with: meshctl lab list\n');
     process.exitCode = 1;
   }
