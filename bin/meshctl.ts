@@ -5,6 +5,7 @@ import { agentCommand } from '../src/commands/agent.js';
 import { connectCommand, disconnectCommand } from '../src/commands/connect.js';
 import { labCommand } from '../src/commands/lab.js';
 import { meshExportCommand } from '../src/commands/mesh-export.js';
+import { statusCommand } from '../src/commands/status.js';
 import { PreflightError } from '../src/mesh/preflight.js';
 import { EnvironmentError, NotFoundError, ValidationError } from '../src/util/errors.js';
 
@@ -18,13 +19,17 @@ const program = new Command('meshctl')
   .addCommand(labCommand())
   .addCommand(connectCommand())
   .addCommand(disconnectCommand())
+  .addCommand(statusCommand())
   .addCommand(agentCommand(), { hidden: true })
   .addCommand(meshExportCommand(), { hidden: true });
 
 const outputError = (str: string, write: (s: string) => void): void => write(`❌ ${str.replace(/^error: /, '')}`);
 for (const c of program.commands) {
   c.exitOverride().configureOutput({ outputError });
-  for (const sub of c.commands) sub.exitOverride().configureOutput({ outputError });
+  for (const sub of c.commands) {
+    sub.exitOverride().configureOutput({ outputError });
+    for (const subsub of sub.commands) subsub.exitOverride().configureOutput({ outputError });
+  }
 }
 
 try {
