@@ -110,6 +110,9 @@ export class Agent {
         identities: this.identities,
         endpointSource: new LabEndpointSource(),
         log: this.log,
+        onRemoteStatus: () => {
+          this.statusKick = true;
+        },
       });
       try {
         await this.identities.start();
@@ -182,6 +185,7 @@ export class Agent {
               updatedAt: new Date().toISOString(),
               lastError: this.manager?.stats.lastError || this.lastError,
               datapath: this.datapathStatus(),
+              clustermesh: { peers: this.manager?.stats.clustermesh ?? [] },
             },
           },
           { leaseTtlSeconds: AGENT_STATUS_TTL_S },

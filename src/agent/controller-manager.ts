@@ -29,6 +29,9 @@ import { IpcacheController } from './controllers/ipcache.js';
 import { NodesController } from './controllers/nodes.js';
 import { PolicyController } from './controllers/policy.js';
 import { ServicesController } from './controllers/services.js';
+import { RemoteController } from './controllers/remote.js';
+import type { PeerStatus } from '../mesh/peers.js';
+import { MESH_PEER_RESOURCE } from '../mesh/peers.js';
 import { Index, type Controller, type ControllerDeps, type Informers, type NodeIdentity } from './controllers/shared.js';
 import type { KeyError } from './workqueue.js';
 
@@ -43,6 +46,8 @@ export interface ControllerManagerOptions {
   readonly conntrackGcMs?: number;
   /** How often the datapath is compared with the kernel maps (drift repair), ms; default 300000. */
   readonly repairMs?: number;
+  /** A remote peer's status changed (the agent publishes its status object soon). */
+  readonly onRemoteStatus?: () => void;
 }
 
 export interface ControllerError extends KeyError {
@@ -65,6 +70,8 @@ export interface ManagerStats {
   queueDepth: Record<string, number>;
   reconciled: Record<string, number>;
   removedStaleRoutes: number;
+  /** Per remote peer (status.clustermesh.peers). */
+  clustermesh: PeerStatus[];
 }
 
 export class ControllerManager {
@@ -98,7 +105,9 @@ export class ControllerManager {
     queueDepth: {},
     reconciled: {},
     removedStaleRoutes: 0,
+    clustermesh: [],
   };
+  readonly remote: RemoteController;
 
   constructor(private readonly o: ControllerManagerOptions) {
     const cluster = o.self.cluster;
@@ -154,6 +163,20 @@ export class ControllerManager {
     this.services = new ServicesController(deps);
     this.policy = new PolicyController(deps, (k) => this.endpoints.queue.add(k));
     this.order = [this.policy, this.nodes, this.ipcache, this.endpoints, this.services];
+    // Not in `order`: a peer that is down never holds this node's readiness.
+    this.remote = new RemoteController({
+      self: o.self,
+      dp: o.dp,
+      meshPeers: f.informer(MESH_PEER_RESOURCE),
+      clusterConfigs: f.informer('meshclusterconfigs'),
+      nodes: this.informers.nodes,
+      log: o.log,
+      requestFlush: () => this.requestFlush(),
+      onStatus: () => {
+        this.stats.clustermesh = this.remote.statuses();
+        o.onRemoteStatus?.();
+      },
+    });
     for (const c of this.order) c.queue.pause();
   }
 
@@ -161,6 +184,7 @@ export class ControllerManager {
   async start(): Promise<void> {
     await this.nodes.adoptRoutes();
     await this.factory.start();
+    this.remote.start();
     this.initialKeys = new Map(this.order.map((c) => [c, new Set(c.initialKeys())]));
     for (const c of this.order) {
       for (const k of this.initialKeys.get(c)!) c.queue.add(k);
@@ -173,11 +197,12 @@ export class ControllerManager {
     await this.settle();
     this.flushEnabled = true;
     // Everything the pinned maps held that this round did not state again is stale now.
-    this.o.dp.pruneAdopted();
+    // Remote peers' entries stay until each peer has resynced.
+    this.o.dp.pruneAdopted(this.remote.holdAdopted());
     await this.flushNow();
     await this.endpoints.publishPending();
     this.stats.initialWrites = { ...this.stats.writes };
-    this.stats.removedStaleRoutes = await this.nodes.removeLeftoverRoutes();
+    this.stats.removedStaleRoutes = await this.nodes.removeLeftoverRoutes((dst) => this.remote.adoptLeftoverRoute(dst));
     await this.removeOrphanEndpoints();
     this.updateReady();
     const gcMs = this.o.conntrackGcMs ?? 15_000;
@@ -205,6 +230,7 @@ export class ControllerManager {
     this.stopped = true;
     for (const t of this.timers.splice(0)) clearInterval(t);
     for (const c of this.order) c.queue.stop();
+    this.remote.stop();
     this.factory.stop();
   }
 
@@ -300,6 +326,7 @@ export class ControllerManager {
     }
     s.invalid = invalid;
     s.invalidObjects = invalid.length;
+    s.clustermesh = this.remote.statuses();
     s.policyProblems = this.policyEngine.problems().map((p) => ({ policy: p.policy, message: p.message }));
     if (!s.ready && this.initialKeys && this.initialKeys.size) this.updateReady();
   }

@@ -152,6 +152,36 @@ export class Observability {
         this.set(self.stats()?.endpoints ?? 0);
       },
     });
+    new client.Gauge({
+      name: 'meshctl_remote_invalid_objects',
+      help: 'Values read from a remote peer that failed validation (skipped), by peer and reason',
+      labelNames: ['peer', 'reason'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const p of self.stats()?.clustermesh ?? []) for (const [reason, n] of Object.entries(p.invalid)) this.set({ peer: p.cluster, reason }, n);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_remote_peer_connected',
+      help: '1 while the remote peer is reachable and its heartbeat fresh',
+      labelNames: ['peer'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const p of self.stats()?.clustermesh ?? []) this.set({ peer: p.cluster }, p.connected ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: 'meshctl_remote_entries',
+      help: 'Entries held from a remote peer, by kind',
+      labelNames: ['peer', 'kind'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const p of self.stats()?.clustermesh ?? []) for (const [kind, n] of Object.entries(p.entries)) this.set({ peer: p.cluster, kind }, n);
+      },
+    });
     this.invalidObjects = new client.Gauge({
       name: 'meshctl_agent_invalid_objects',
       help: 'Store values skipped because they failed validation',

@@ -69,6 +69,17 @@ export function nodePinDir(lab: string, cluster: string, node: string): string {
  */
 export type Owner = 'local' | 'cidr' | `remote:${string}`;
 
+/** An entry found in the pinned maps at open and not claimed since, as pruneAdopted's hold callback sees it. */
+export type AdoptedEntry =
+  | { readonly map: typeof MapNames.ipcache; readonly prefix: string; readonly info: IpcacheInfo }
+  | { readonly map: typeof MapNames.nodes; readonly ip: string; readonly info: NodeInfo };
+
+function adoptedEntry(map: MapName, key: string, value: string): AdoptedEntry {
+  if (map === MapNames.nodes) return { map, ip: nodeKeyCodec.decode(buf(key)).ip, info: nodeInfoCodec.decode(buf(value)) };
+  const k = ipcacheKeyCodec.decode(buf(key));
+  return { map: MapNames.ipcache, prefix: `${k.ip}/${k.prefixLen}`, info: ipcacheInfoCodec.decode(buf(value)) };
+}
+
 /** max_entries of each sized map, set at load. */
 export interface MapSizes {
   readonly endpoints: number;
@@ -469,6 +480,8 @@ export class Datapath {
   private readonly policyKeys = new Map<number, Map<number, Set<string>>>();
   private readonly oldMaps: BpfMap[] = [];
   private config: MeshConfig | null = null;
+  /** Adopted entries pruneAdopted() kept, by tag, until releaseAdopted(tag). */
+  private readonly held = new Map<string, Array<[MapState, Entry]>>();
   /** Until pruneAdopted(): entries found in the maps and not claimed are kept. */
   private adopting = true;
   private repairs = 0;
@@ -845,15 +858,48 @@ export class Datapath {
    * next flush. Call once every owner has stated its initial state (the agent: at its first
    * full sync); until then such entries stay, so traffic keeps flowing during a restart.
    */
-  pruneAdopted(): void {
+  /**
+   * With `hold`: adopted ipcache and node entries for which it returns a tag stay until
+   * releaseAdopted(tag) (a remote peer's entries until that peer has resynced).
+   */
+  pruneAdopted(hold?: (entry: AdoptedEntry) => string | undefined): void {
     this.adopting = false;
     for (const st of this.states.values()) {
+      const holdable = hold !== undefined && (st.name === MapNames.ipcache || st.name === MapNames.nodes);
       for (const e of st.entries.values()) {
         if (!e.adopted) continue;
+        if (holdable && e.owner === undefined && e.realized !== undefined) {
+          const tag = hold(adoptedEntry(st.name, e.key, e.realized));
+          if (tag !== undefined) {
+            let list = this.held.get(tag);
+            if (!list) this.held.set(tag, (list = []));
+            list.push([st, e]);
+            continue;
+          }
+        }
         e.adopted = false;
         if (e.owner === undefined) st.mark(e);
       }
     }
+  }
+
+  /**
+   * The entries pruneAdopted() held under `tag` (a remote peer: until its first sync) that no
+   * owner has claimed since are deleted at the next flush; returns how many.
+   */
+  releaseAdopted(tag: string): number {
+    const list = this.held.get(tag);
+    this.held.delete(tag);
+    let n = 0;
+    for (const [st, e] of list ?? []) {
+      if (!e.adopted) continue;
+      e.adopted = false;
+      if (e.owner === undefined) {
+        st.mark(e);
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Endpoint addresses currently wanted. */

@@ -79,11 +79,13 @@ export class NodesController implements Controller {
   }
 
   /** After the initial round: remove routes of ours that nothing wants any more. */
-  async removeLeftoverRoutes(): Promise<number> {
+  async removeLeftoverRoutes(keep?: (dst: string) => boolean): Promise<number> {
     const left = this.leftoverRoutes;
     this.leftoverRoutes = null;
     if (!left) return 0;
     for (const p of this.programmed.values()) if (p.route) left.delete(p.route);
+    // Routes another controller takes over (remote peers' slices, until those peers resync).
+    if (keep) for (const dst of [...left]) if (keep(dst)) left.delete(dst);
     let n = 0;
     for (const dst of left) {
       const r = await ip(['route', 'del', dst, 'proto', String(AGENT_ROUTE_PROTO)], undefined, false);
