@@ -103,9 +103,12 @@ class ExportController implements Exporter {
   private stopped = false;
   private flushing: Promise<void> | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
-  private beating = false;
+  private beating: Promise<void> | null = null;
+  private apiserverId: string | undefined;
+  private lastRevision: bigint | undefined;
   private seq = 0;
   private counters = { written: 0, deleted: 0, heartbeats: 0, verifications: 0, txns: 0, lastError: '' };
+  private readonly abort = new AbortController();
   private syncWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   constructor(private readonly opts: ExportOptions) {
@@ -148,9 +151,12 @@ class ExportController implements Exporter {
   }
 
   start(): void {
+    // The first listing of the apiserver runs while the informers list the store.
+    const listing = this.listOwned();
+    listing.catch(() => undefined);
     void this.factory
       .start()
-      .then(() => this.recover())
+      .then(() => this.recover(listing))
       .catch((err: unknown) => {
         if (!this.stopped) this.error(`start: ${errorMessage(err)}`);
       });
@@ -172,11 +178,12 @@ class ExportController implements Exporter {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.abort.abort();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.factory.stop();
     this.queue.stop();
     for (const w of this.syncWaiters.splice(0)) w.reject(new Error('mesh export stopped before it synced'));
-    await this.flushing?.catch(() => undefined);
+    await Promise.all([this.flushing?.catch(() => undefined), this.beating]);
   }
 
   /** What `key` wants, compared with what is written; the difference is recorded in pending. */
@@ -356,17 +363,21 @@ class ExportController implements Exporter {
    * List what the apiserver holds under this cluster's keys (retrying with backoff until it
    * answers), take it as what is written, and reconcile every key of the caches and the listing.
    */
-  private async recover(): Promise<void> {
+  private async recover(first?: ReturnType<ExportController['listOwned']>): Promise<void> {
     if (this.recovering) return;
     this.recovering = true;
     let delay = 100;
     try {
       while (!this.stopped) {
         try {
-          const { kvs, heartbeatSeq } = await this.listOwned();
+          const listing = first ?? this.listOwned();
+          first = undefined;
+          const { kvs, heartbeatSeq } = await listing;
           if (this.stopped) return;
           this.written = kvs;
           this.pending.clear();
+          // A marker the apiserver lost (its data was wiped) is written again after this round.
+          for (const kind of SYNC_KINDS) if (!kvs.has(meshKeys.synced(this.c, kind))) this.syncedKinds.delete(kind);
           this.counters.verifications++;
           if (heartbeatSeq !== undefined && heartbeatSeq >= this.seq) this.seq = heartbeatSeq + 1;
           this.enqueueAll();
@@ -376,7 +387,7 @@ class ExportController implements Exporter {
           return;
         } catch (err) {
           this.error(`apiserver: list ${MESH_PREFIX}*/${this.c}: ${errorMessage(err)}; retrying in ${delay} ms`);
-          await sleep(delay);
+          await sleep(delay, undefined, { signal: this.abort.signal }).catch(() => undefined);
           delay = Math.min(5000, delay * 2);
         }
       }
@@ -428,18 +439,31 @@ class ExportController implements Exporter {
     void this.beat();
   }
 
-  private async beat(): Promise<void> {
-    if (this.down || this.beating || this.stopped) return;
-    this.beating = true;
+  private beat(): Promise<void> {
+    if (this.down || this.beating || this.stopped) return Promise.resolve();
+    const b = this.beatOnce().finally(() => {
+      this.beating = null;
+    });
+    this.beating = b;
+    return b;
+  }
+
+  private async beatOnce(): Promise<void> {
     try {
       const seq = this.seq++;
       const v = HeartbeatSchema.parse({ version: MESH_VERSION, cluster: this.c, at: new Date().toISOString(), seq });
-      await this.opts.apiserver.kv.put({ key: Buffer.from(meshKeys.heartbeat(this.c)), value: Buffer.from(JSON.stringify(v)) }, { deadline: this.deadline() });
+      const r = await this.opts.apiserver.kv.put({ key: Buffer.from(meshKeys.heartbeat(this.c)), value: Buffer.from(JSON.stringify(v)) }, { deadline: this.deadline() });
       this.counters.heartbeats++;
+      // An apiserver recreated between two beats (new cluster id, or its revision went back) holds
+      // none of what was written: verify again.
+      const { cluster_id: id, revision } = r.header;
+      const wentBack = this.lastRevision !== undefined && BigInt(revision) < this.lastRevision;
+      const recreated = this.apiserverId !== undefined && id !== this.apiserverId;
+      this.apiserverId = id;
+      this.lastRevision = BigInt(revision);
+      if (wentBack || recreated) this.markDown(`heartbeat: the apiserver was recreated (${recreated ? 'new cluster id' : 'revision went back'})`);
     } catch (err) {
       this.markDown(`heartbeat: ${errorMessage(err)}`);
-    } finally {
-      this.beating = false;
     }
   }
 
