@@ -2,6 +2,7 @@
 /** meshctl: one top-level handler prints errors (one line, with a hint by error type) and sets the exit code. */
 import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
+import { clustermeshCommand } from '../src/commands/clustermesh.js';
 import { connectCommand, disconnectCommand } from '../src/commands/connect.js';
 import { labCommand } from '../src/commands/lab.js';
 import { meshExportCommand } from '../src/commands/mesh-export.js';
@@ -20,6 +21,7 @@ const program = new Command('meshctl')
   .addCommand(connectCommand())
   .addCommand(disconnectCommand())
   .addCommand(statusCommand())
+  .addCommand(clustermeshCommand())
   .addCommand(agentCommand(), { hidden: true })
   .addCommand(meshExportCommand(), { hidden: true });
 
