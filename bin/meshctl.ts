@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
 import { clustermeshCommand } from '../src/commands/clustermesh.js';
 import { connectCommand, disconnectCommand } from '../src/commands/connect.js';
+import { disableCommand, enableCommand } from '../src/commands/enable.js';
 import { labCommand } from '../src/commands/lab.js';
 import { meshExportCommand } from '../src/commands/mesh-export.js';
 import { statusCommand } from '../src/commands/status.js';
@@ -18,6 +19,8 @@ const program = new Command('meshctl')
   .configureOutput({ outputError: (str, write) => write(`❌ ${str.replace(/^error: /, '')}`) })
   .addHelpText('after', '\nExample:\n  meshctl lab create c1 --id 1 --pod-cidr 10.1.0.0/16')
   .addCommand(labCommand())
+  .addCommand(enableCommand())
+  .addCommand(disableCommand())
   .addCommand(connectCommand())
   .addCommand(disconnectCommand())
   .addCommand(statusCommand())

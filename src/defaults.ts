@@ -79,3 +79,5 @@ export const MESH_CERT_DAYS = 365;
 export const MESH_CA_DAYS = 3650;
 /** `meshctl status --wait` default. */
 export const MESH_STATUS_WAIT_MS = 5 * 60_000;
+/** How long `meshctl enable` waits for the clustermesh-apiserver to answer over TLS. */
+export const MESH_APISERVER_READY_TIMEOUT_MS = 20_000;

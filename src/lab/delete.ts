@@ -27,6 +27,7 @@ async function removeCluster(paths: LabPaths, lab: LabState, name: string): Prom
 async function removeLabFiles(paths: LabPaths): Promise<void> {
   await rm(paths.stateFile, { force: true });
   await rm(join(paths.home, 'clusters'), { recursive: true, force: true });
+  await rm(paths.meshCaDir, { recursive: true, force: true });
   await rm(paths.lockFile, { force: true });
   try {
     if ((await readdir(paths.home)).length === 0) await rmdir(paths.home);
