@@ -111,7 +111,7 @@ export interface DisconnectResult {
 export const peerUser = (cluster: string): string => `${MESH_PEER_USER_PREFIX}${cluster}`;
 
 /** The cluster's mesh CA certificate (PEM). */
-export async function readClusterCa(paths: LabPaths, c: ClusterState): Promise<string> {
+async function readCaCert(paths: LabPaths, c: ClusterState): Promise<string> {
   const file = join(paths.meshDir(c.name), 'ca.crt');
   try {
     return await readFile(file, 'utf8');
@@ -259,8 +259,32 @@ interface Prepared {
   /** The MeshPeer there now (to restore on undo), and whether the user existed. */
   readonly prevPeer: KubeObject | null;
   readonly prevUser: boolean;
-  /** X's CA, which Y's apiserver must also trust when the CAs differ. */
-  readonly extraCa: string | null;
+  /** Y's extra trusted CAs (other CAs of the clusters that read it) before and after this run; null when unchanged. */
+  readonly trust: { readonly before: string[]; readonly after: string[] } | null;
+}
+
+/**
+ * The CAs other than its own that a cluster's apiserver must trust: those of the clusters that
+ * read it (--allow-mismatching-ca), one per fingerprint, in reader name order.
+ */
+async function foreignReaderCas(paths: LabPaths, lab: LabState, yFingerprint: string, readers: Iterable<string>): Promise<string[]> {
+  const out = new Map<string, string>();
+  for (const r of [...new Set(readers)].sort()) {
+    const c = lab.clusters[r];
+    if (!c?.mesh) continue;
+    const pem = await readFile(join(paths.meshDir(r), 'ca.crt'), 'utf8').catch(() => null);
+    if (pem === null) continue;
+    const fp = caFingerprint(pem);
+    if (fp !== yFingerprint && !out.has(fp)) out.set(fp, pem);
+  }
+  return [...out.values()];
+}
+
+const samePems = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** Clusters whose stores hold a MeshPeer named `y`. */
+function readersOf(peers: ReadonlyMap<string, ReadonlyMap<string, KubeObject>>, y: string): string[] {
+  return [...peers].filter(([, m]) => m.has(y)).map(([x]) => x);
 }
 
 /**
@@ -295,7 +319,7 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
     const fingerprints = new Map<string, string>();
     for (const name of involved) {
       const c = clusters.get(name)!;
-      const pem = await readClusterCa(paths, c);
+      const pem = await readCaCert(paths, c);
       const fp = caFingerprint(pem);
       if (fp !== c.mesh!.caFingerprint) {
         throw new PreflightError(
@@ -312,6 +336,15 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
     for (const name of involved) await checkHealth(paths, clusters.get(name)!);
     const users = new Map<string, string[]>();
     for (const name of involved) users.set(name, await listPeerUsers(paths, clusters.get(name)!));
+
+    const trust = new Map<string, { before: string[]; after: string[] } | null>();
+    for (const y of new Set(directions.map((d) => d.to))) {
+      const existing = readersOf(facts.peers, y);
+      const fresh = directions.filter((d) => d.to === y).map((d) => d.from);
+      const before = await foreignReaderCas(paths, lab!, fingerprints.get(y)!, existing);
+      const after = await foreignReaderCas(paths, lab!, fingerprints.get(y)!, [...existing, ...fresh]);
+      trust.set(y, samePems(before, after) ? null : { before, after });
+    }
 
     const prepared: Prepared[] = directions.map((d) => {
       const x = clusters.get(d.from)!;
@@ -338,7 +371,7 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
         store: x.store.endpoint,
         state,
       };
-      return { plan, desired, prevPeer, prevUser, extraCa: same ? null : cas.get(x.name)! };
+      return { plan, desired, prevPeer, prevUser, trust: trust.get(y.name) ?? null };
     });
 
     const results: DirectionResult[] = [];
@@ -352,6 +385,7 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
     }
 
     const undo: Array<() => Promise<void>> = [];
+    const trusted = new Set<string>();
     const failAfter = process.env[FAIL_AFTER_ENV] ? Number(process.env[FAIL_AFTER_ENV]) : -1;
     let made = 0;
     let current: Direction | null = null;
@@ -365,7 +399,16 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
           continue;
         }
         if (made === failAfter) throw new OperationError(`${FAIL_AFTER_ENV}=${failAfter}: failing on purpose`);
-        await makeDirection(paths, stores, clusters.get(p.plan.from)!, clusters.get(p.plan.to)!, p, undo);
+        const y = clusters.get(p.plan.to)!;
+        const t = p.trust;
+        if (t && !trusted.has(y.name)) {
+          trusted.add(y.name);
+          await setTrustedCas(paths, y, t.after).catch((err) => {
+            throw new OperationError(`trust the CAs of the clusters reading ${y.name} in its clustermesh-apiserver: ${errorMessage(err)}`, { cause: err });
+          });
+          undo.push(() => setTrustedCas(paths, y, t.before));
+        }
+        await makeDirection(paths, stores, clusters.get(p.plan.from)!, y, p, undo);
         made++;
         const r: DirectionResult = { ...p.plan, action: 'made' };
         results.push(r);
@@ -391,9 +434,6 @@ export async function connectClusters(paths: LabPaths, opts: ConnectOptions): Pr
 
 /** Make one direction X → Y, pushing its undo steps (run in reverse on a later failure). */
 async function makeDirection(paths: LabPaths, stores: Stores, x: ClusterState, y: ClusterState, p: Prepared, undo: Array<() => Promise<void>>): Promise<void> {
-  if (p.extraCa !== null) {
-    await setTrustedCas(paths, y, [p.extraCa]);
-  }
   const issued = await addPeerUser(paths, y, x.name).catch((err) => {
     throw new OperationError(`add user ${peerUser(x.name)} to the clustermesh-apiserver of ${y.name}: ${errorMessage(err)}`, { cause: err });
   });
@@ -471,6 +511,28 @@ export async function disconnectClusters(paths: LabPaths, opts: DisconnectOption
         opts.onDirection?.(r);
       } catch (err) {
         failed.push(`${formatDirection(d)}: ${errorMessage(err)}`);
+      }
+    }
+    // A reader of another CA that is gone no longer needs its CA trusted by the apiserver it read.
+    const retrust = new Set<string>();
+    for (const r of results) {
+      const x = clusters.get(r.from)!;
+      const y = clusters.get(r.to)!;
+      if (r.action === 'removed' && x.mesh && y.mesh && x.mesh.caFingerprint !== y.mesh.caFingerprint) retrust.add(y.name);
+    }
+    if (retrust.size > 0) {
+      const peers = new Map<string, Map<string, KubeObject>>();
+      for (const c of Object.values(lab!.clusters)) {
+        const p = await readPeers(stores, c).catch(() => null);
+        if (p) peers.set(c.name, p);
+      }
+      for (const yName of [...retrust].sort()) {
+        const y = clusters.get(yName)!;
+        try {
+          await setTrustedCas(paths, y, await foreignReaderCas(paths, lab!, y.mesh!.caFingerprint, readersOf(peers, yName)));
+        } catch (err) {
+          failed.push(`trust of ${yName}'s clustermesh-apiserver: ${errorMessage(err)}`);
+        }
       }
     }
   } finally {

@@ -15,6 +15,7 @@
  * rewritten, stale ones are deleted. Once such a round is complete, missing sync markers are
  * written (present ones stay). The heartbeat beats every heartbeatMs with an increasing seq.
  */
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Etcd3, IRequestOp } from 'etcd3';
 import type { ClusterClient } from '../cluster/client.js';
@@ -109,6 +110,7 @@ class ExportController implements Exporter {
   private seq = 0;
   private counters = { written: 0, deleted: 0, heartbeats: 0, verifications: 0, txns: 0, lastError: '' };
   private readonly abort = new AbortController();
+  private readonly startedAt = performance.now();
   private syncWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   constructor(private readonly opts: ExportOptions) {
@@ -344,7 +346,8 @@ class ExportController implements Exporter {
         return;
       }
       for (const [key] of missing) this.syncedKinds.add(key.slice(key.lastIndexOf('/') + 1) as SyncKind);
-      this.log(`synced ${missing.map(([k]) => k.slice(k.lastIndexOf('/') + 1)).join(', ')}`);
+      const s = this.counters;
+      this.log(`synced ${missing.map(([k]) => k.slice(k.lastIndexOf('/') + 1)).join(', ')} (${s.written} written, ${s.deleted} deleted in ${s.txns} txns; ${Math.round(performance.now() - this.startedAt)} ms since start)`);
     }
     if (this.syncedKinds.size === SYNC_KINDS.length) for (const w of this.syncWaiters.splice(0)) w.resolve();
   }
@@ -380,6 +383,7 @@ class ExportController implements Exporter {
           for (const kind of SYNC_KINDS) if (!kvs.has(meshKeys.synced(this.c, kind))) this.syncedKinds.delete(kind);
           this.counters.verifications++;
           if (heartbeatSeq !== undefined && heartbeatSeq >= this.seq) this.seq = heartbeatSeq + 1;
+          this.log(`apiserver verified: ${kvs.size} keys of ${this.c} listed (${Math.round(performance.now() - this.startedAt)} ms since start)`);
           this.enqueueAll();
           this.down = false;
           this.queue.resume();

@@ -177,7 +177,7 @@ describe('meshctl connect pre-flight: one line naming the values, nothing writte
   });
 
   test('enable c4 with a CA of its own', async () => {
-    const ca = createCa('meshctl-test-other-ca');
+    const ca = createCa({ commonName: 'meshctl-test-other-ca' });
     writeFileSync(join(scratch, 'other-ca.crt'), ca.certPem);
     writeFileSync(join(scratch, 'other-ca.key'), ca.keyPem, { mode: 0o600 });
     await lab.ok(['enable', '--context', 'c4', '--ca-cert', join(scratch, 'other-ca.crt'), '--ca-key', join(scratch, 'other-ca.key')]);
