@@ -71,8 +71,8 @@ async function main(): Promise<void> {
   requireRoot('mesh-propagation', 'lab clusters: namespaces, BPF');
   await meshctl(['lab', 'delete', '--all']).catch(() => undefined);
   note(`⌛ two clusters in ${home}`);
-  await meshctl(['lab', 'create', 'c1', '--id', '1', '--pod-cidr', '10.1.0.0/16', '--nodes', '2']);
-  await meshctl(['lab', 'create', 'c2', '--id', '2', '--pod-cidr', '10.2.0.0/16', '--nodes', '2']);
+  await meshctl(['lab', 'create', 'c1', '--id', '1', '--pod-cidr', '10.1.0.0/16', '--service-cidr', '10.97.0.0/16', '--nodes', '2']);
+  await meshctl(['lab', 'create', 'c2', '--id', '2', '--pod-cidr', '10.2.0.0/16', '--service-cidr', '10.98.0.0/16', '--nodes', '2']);
   for (const c of ['c1', 'c2']) await meshctl(['enable', '--context', c]);
   await meshctl(['connect', '--context', 'c1', '--destination-context', 'c2']);
   await meshctl(['status', '--context', 'c2', '--wait', '--wait-duration', '5m']);

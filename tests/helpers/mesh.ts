@@ -19,6 +19,8 @@ export interface ClusterSpec {
   readonly name: string;
   readonly id: number;
   readonly podCidr: string;
+  /** Default 10.<96+id>.0.0/16: service CIDRs must be disjoint in a mesh. */
+  readonly serviceCidr?: string;
   readonly routing?: 'tunnel' | 'native' | 'hybrid';
   readonly vpcs?: string;
   readonly nodes?: number;
@@ -50,7 +52,7 @@ export class MeshLab extends TestLab {
   }
 
   async createCluster(c: ClusterSpec): Promise<void> {
-    const args = ['lab', 'create', c.name, '--id', String(c.id), '--pod-cidr', c.podCidr, '--nodes', String(c.nodes ?? 2), '--routing', c.routing ?? 'tunnel'];
+    const args = ['lab', 'create', c.name, '--id', String(c.id), '--pod-cidr', c.podCidr, '--service-cidr', c.serviceCidr ?? `10.${96 + c.id}.0.0/16`, '--nodes', String(c.nodes ?? 2), '--routing', c.routing ?? 'tunnel'];
     const r = await this.cli(c.vpcs ? [...args, '--vpc', c.vpcs] : args, {}, 240_000);
     if (r.exitCode !== 0) throw new Error(`lab create ${c.name} exited ${r.exitCode}: ${r.stderr}`);
   }
