@@ -54,8 +54,8 @@ export class MeshLab extends TestLab {
   async createCluster(c: ClusterSpec): Promise<void> {
     const args = ['lab', 'create', c.name, '--id', String(c.id), '--pod-cidr', c.podCidr, '--service-cidr', c.serviceCidr ?? `10.${96 + c.id}.0.0/16`, '--nodes', String(c.nodes ?? 2), '--routing', c.routing ?? 'tunnel'];
     let r = await this.cli(c.vpcs ? [...args, '--vpc', c.vpcs] : args, {}, 240_000);
-    if (r.exitCode !== 0 && /were not ready within/.test(r.stderr)) {
-      // a loaded shared machine can miss lab create's agent deadline: say so and try once more
+    for (let attempt = 2; attempt <= 3 && r.exitCode !== 0 && /were not ready within/.test(r.stderr); attempt++) {
+      // a loaded shared machine can miss lab create's agent deadline: say so and try again (3 attempts)
       process.stderr.write(`mesh helper: lab create ${c.name} retried after: ${r.stderr.trim().split('\n').pop()}\n`);
       await this.cli(['lab', 'delete', c.name]);
       r = await this.cli(c.vpcs ? [...args, '--vpc', c.vpcs] : args, {}, 240_000);
