@@ -2,10 +2,12 @@
 /** meshctl: one top-level handler prints errors (one line, with a hint by error type) and sets the exit code. */
 import { Command, CommanderError } from 'commander';
 import { agentCommand } from '../src/commands/agent.js';
+import { clustermeshCommand } from '../src/commands/clustermesh.js';
 import { connectCommand, disconnectCommand } from '../src/commands/connect.js';
 import { disableCommand, enableCommand } from '../src/commands/enable.js';
 import { labCommand } from '../src/commands/lab.js';
 import { meshExportCommand } from '../src/commands/mesh-export.js';
+import { statusCommand } from '../src/commands/status.js';
 import { PreflightError } from '../src/mesh/preflight.js';
 import { EnvironmentError, NotFoundError, ValidationError } from '../src/util/errors.js';
 
@@ -21,6 +23,8 @@ const program = new Command('meshctl')
   .addCommand(disableCommand())
   .addCommand(connectCommand())
   .addCommand(disconnectCommand())
+  .addCommand(statusCommand())
+  .addCommand(clustermeshCommand())
   .addCommand(agentCommand(), { hidden: true })
   .addCommand(meshExportCommand(), { hidden: true });
 
