@@ -44,7 +44,7 @@ import {
   type ServiceKey,
 } from './codecs.js';
 import { compileBpf } from './compile.js';
-import { bytesOf, latin1, layoutEncoder, parseIpv4, prefixKeyEncoder, structEncoder, type Encoder } from './encoders.js';
+import { bytesOf, latin1, layoutEncoder, parseIpv4, prefixKeyEncoder, prefixKeyNumber, putLatin1, structEncoder, type Encoder } from './encoders.js';
 import { BpfError } from './errors.js';
 import { policyEntries, type PolicyRule } from './policy-keys.js';
 
@@ -227,6 +227,25 @@ function ownerBefore(a: Owner, b: Owner): boolean {
 const str = latin1;
 const buf = bytesOf;
 
+/**
+ * A key as the shadow holds it: the latin1 string of its bytes, or, in the ipcache, a number for
+ * the usual form (see {@link ipcacheKeys}), which costs less to make, hash and keep.
+ */
+type Key = string | number;
+
+/** How a map's keys are held: written into a buffer, as bytes, and read back from a dump. */
+interface KeyForm {
+  put(key: Key, b: Buffer, offset: number): void;
+  bytes(key: Key): Buffer;
+  from(b: Buffer, offset: number, size: number): Key;
+}
+
+const latin1Keys: KeyForm = {
+  put: (k, b, o) => putLatin1(k as string, b, o),
+  bytes: (k) => buf(k as string),
+  from: (b, o, size) => b.toString('latin1', o, o + size),
+};
+
 /** One key of one map: what the kernel holds and who wants what. */
 class Entry {
   /** What the kernel holds (adopting dump, then our writes); undefined = absent. */
@@ -242,7 +261,7 @@ class Entry {
   adopted = false;
   /** Repair generation that last saw it in the kernel. */
   seen = 0;
-  constructor(readonly key: string) {}
+  constructor(readonly key: Key) {}
 }
 
 /**
@@ -252,19 +271,23 @@ class Entry {
  * normal operation).
  */
 class MapState {
-  entries = new Map<string, Entry>();
+  entries = new Map<Key, Entry>();
   pending: Entry[] = [];
-  readonly remoteKeys = new Map<Owner, Set<string>>();
+  readonly remoteKeys = new Map<Owner, Set<Key>>();
   private deadCount = 0;
   /** Entries the kernel holds (per the shadow). */
   held = 0;
+  readonly keySize: number;
 
   constructor(
     readonly name: MapName,
     readonly map: BpfMap,
     /** Whether two values are the same for writing purposes (policy: counters ignored). */
     readonly same: (a: string, b: string) => boolean = (a, b) => a === b,
-  ) {}
+    readonly keys: KeyForm = latin1Keys,
+  ) {
+    this.keySize = map.info().keySize;
+  }
 
   mark(e: Entry): void {
     if (e.pending) return;
@@ -272,7 +295,7 @@ class MapState {
     this.pending.push(e);
   }
 
-  want(owner: Owner, key: string, value: string): void {
+  want(owner: Owner, key: Key, value: string): void {
     let e = this.entries.get(key);
     if (e === undefined) {
       e = new Entry(key);
@@ -309,7 +332,7 @@ class MapState {
     this.mark(e);
   }
 
-  unwant(owner: Owner, key: string): void {
+  unwant(owner: Owner, key: Key): void {
     const e = this.entries.get(key);
     if (e !== undefined) this.release(e, owner);
   }
@@ -351,13 +374,13 @@ class MapState {
 
   sweep(): void {
     if (this.deadCount < 4096 || this.deadCount * 2 < this.entries.size) return;
-    const live = new Map<string, Entry>();
+    const live = new Map<Key, Entry>();
     for (const [k, e] of this.entries) if (e.owner !== undefined || e.realized !== undefined || e.pending || e.adopted) live.set(k, e);
     this.entries = live;
     this.deadCount = 0;
   }
 
-  private index(owner: Owner, key: string): void {
+  private index(owner: Owner, key: Key): void {
     let set = this.remoteKeys.get(owner);
     if (!set) {
       set = new Set();
@@ -367,9 +390,9 @@ class MapState {
   }
 
   /** Keys that `owner` claims. */
-  keysOf(owner: Owner): string[] {
+  keysOf(owner: Owner): Key[] {
     if (owner !== 'local') return [...(this.remoteKeys.get(owner) ?? [])];
-    const out: string[] = [];
+    const out: Key[] = [];
     for (const e of this.entries.values()) if (e.owner === 'local' || e.rest?.some((c) => c.owner === 'local')) out.push(e.key);
     return out;
   }
@@ -524,7 +547,7 @@ export class Datapath {
         for (const m of dp.oldMaps.splice(0)) m.close();
       }
       for (const name of WRITE_ORDER) {
-        const st = new MapState(name, dp.map(name), name === MapNames.policy ? samePolicyValue : undefined);
+        const st = new MapState(name, dp.map(name), name === MapNames.policy ? samePolicyValue : undefined, name === MapNames.ipcache ? ipcacheKeys : undefined);
         dp.states.set(name, st);
         dp.adopt(st);
       }
@@ -643,7 +666,7 @@ export class Datapath {
     const ks = d.keys.length / Math.max(d.count, 1);
     const vs = d.values.length / Math.max(d.count, 1);
     for (let i = 0; i < d.count; i++) {
-      const e = new Entry(d.keys.toString('latin1', i * ks, (i + 1) * ks));
+      const e = new Entry(st.keys.from(d.keys, i * ks, ks));
       e.realized = d.values.toString('latin1', i * vs, (i + 1) * vs);
       st.held++;
       e.adopted = true;
@@ -657,10 +680,10 @@ export class Datapath {
     for (const e of this.state(MapNames.services).entries.values()) {
       if (e.realized === undefined) continue;
       const info = serviceInfoCodec.decode(buf(e.realized));
-      this.realizedIds.set(info.revNatId, e.key);
+      this.realizedIds.set(info.revNatId, e.key as string);
       const slots: string[] = [];
       for (let slot = 1; slot <= info.count; slot++) slots.push(backends.get(enc.backendKey({ revNatId: info.revNatId, slot }))?.realized ?? '');
-      this.slotHints.set(e.key, slots);
+      this.slotHints.set(e.key as string, slots);
     }
   }
 
@@ -904,7 +927,7 @@ export class Datapath {
 
   /** Endpoint addresses currently wanted. */
   endpointIps(): string[] {
-    return this.state(MapNames.endpoints).keysOf('local').map((k) => endpointKeyCodec.decode(buf(k)).ip);
+    return this.state(MapNames.endpoints).keysOf('local').map((k) => endpointKeyCodec.decode(buf(k as string)).ip);
   }
 
   /** Endpoint ids that have wanted policy entries. */
@@ -919,8 +942,9 @@ export class Datapath {
 
   /** Prefixes `owner` wants in the ipcache, as a.b.c.d/n. */
   ipcachePrefixes(owner: Owner = 'local'): string[] {
-    return this.state(MapNames.ipcache).keysOf(checkOwner(owner)).map((k) => {
-      const key = ipcacheKeyCodec.decode(buf(k));
+    const st = this.state(MapNames.ipcache);
+    return st.keysOf(checkOwner(owner)).map((k) => {
+      const key = ipcacheKeyCodec.decode(st.keys.bytes(k));
       return `${key.ip}/${key.prefixLen}`;
     });
   }
@@ -931,11 +955,12 @@ export class Datapath {
    */
   realizedIpcache(filter: (info: IpcacheInfo) => boolean): Map<string, IpcacheInfo> {
     const out = new Map<string, IpcacheInfo>();
-    for (const e of this.state(MapNames.ipcache).entries.values()) {
+    const st = this.state(MapNames.ipcache);
+    for (const e of st.entries.values()) {
       if (e.realized === undefined) continue;
       const info = ipcacheInfoCodec.decode(buf(e.realized));
       if (!filter(info)) continue;
-      const key = ipcacheKeyCodec.decode(buf(e.key));
+      const key = ipcacheKeyCodec.decode(st.keys.bytes(e.key));
       out.set(`${key.ip}/${key.prefixLen}`, info);
     }
     return out;
@@ -943,7 +968,7 @@ export class Datapath {
 
   /** Node addresses `owner` wants in the node map. */
   nodeIps(owner: Owner = 'local'): string[] {
-    return this.state(MapNames.nodes).keysOf(checkOwner(owner)).map((k) => nodeKeyCodec.decode(buf(k)).ip);
+    return this.state(MapNames.nodes).keysOf(checkOwner(owner)).map((k) => nodeKeyCodec.decode(buf(k as string)).ip);
   }
 
   /** Write only the pending deltas, in dependency order (see the class comment). Never reads a map. */
@@ -984,7 +1009,7 @@ export class Datapath {
       const ks = d.keys.length / Math.max(d.count, 1);
       const vs = d.values.length / Math.max(d.count, 1);
       for (let i = 0; i < d.count; i++) {
-        const k = d.keys.toString('latin1', i * ks, (i + 1) * ks);
+        const k = st.keys.from(d.keys, i * ks, ks);
         const v = d.values.toString('latin1', i * vs, (i + 1) * vs);
         let e = st.entries.get(k);
         if (e === undefined) {
@@ -1015,35 +1040,49 @@ export class Datapath {
   private rebuildRealizedIds(): void {
     this.realizedIds.clear();
     for (const e of this.state(MapNames.services).entries.values()) {
-      if (e.realized !== undefined) this.realizedIds.set(serviceInfoCodec.decode(buf(e.realized)).revNatId, e.key);
+      if (e.realized !== undefined) this.realizedIds.set(serviceInfoCodec.decode(buf(e.realized)).revNatId, e.key as string);
     }
   }
 
   private writeUpserts(st: MapState, ups: Entry[], errors: WriteError[]): number {
     let done = 0;
     if (ups.length >= BATCH_MIN) {
-      const ks = ups[0].key.length;
+      const ks = st.keySize;
       const vs = ups[0].value!.length;
       const kb = Buffer.allocUnsafe(ups.length * ks);
       const vb = Buffer.allocUnsafe(ups.length * vs);
+      const keys = st.keys;
       for (let i = 0; i < ups.length; i++) {
-        kb.write(ups[i].key, i * ks, ks, 'latin1');
-        vb.write(ups[i].value!, i * vs, vs, 'latin1');
+        const e = ups[i];
+        keys.put(e.key, kb, i * ks);
+        putLatin1(e.value!, vb, i * vs);
       }
       try {
         done = st.map.updateBatch(kb, vb, ups.length).count;
       } catch (err) {
         done = err instanceof BpfError && err.count !== undefined ? err.count : 0;
       }
-      for (let i = 0; i < done; i++) this.realizeUpdate(st, ups[i]);
+      if (st.name !== MapNames.services && this.opts.trace === undefined) {
+        // The bulk case (a full ipcache) without the per-entry bookkeeping of services and tracing.
+        let added = 0;
+        for (let i = 0; i < done; i++) {
+          const e = ups[i];
+          if (e.realized === undefined) added++;
+          e.realized = e.value;
+        }
+        st.held += added;
+        this.writes.updates += done;
+      } else {
+        for (let i = 0; i < done; i++) this.realizeUpdate(st, ups[i]);
+      }
     }
     let n = done;
     for (let i = done; i < ups.length; i++) {
       const e = ups[i];
       try {
-        st.map.update(buf(e.key), buf(e.value!));
+        st.map.update(st.keys.bytes(e.key), buf(e.value!));
       } catch (err) {
-        errors.push({ map: st.name, op: 'update', key: buf(e.key), error: err as Error });
+        errors.push({ map: st.name, op: 'update', key: st.keys.bytes(e.key), error: err as Error });
         st.mark(e);
         continue;
       }
@@ -1055,9 +1094,9 @@ export class Datapath {
 
   private writeDeletes(st: MapState, dels: Entry[], errors: WriteError[]): number {
     if (dels.length >= BATCH_MIN) {
-      const ks = dels[0].key.length;
+      const ks = st.keySize;
       const kb = Buffer.allocUnsafe(dels.length * ks);
-      for (let i = 0; i < dels.length; i++) kb.write(dels[i].key, i * ks, ks, 'latin1');
+      for (let i = 0; i < dels.length; i++) st.keys.put(dels[i].key, kb, i * ks);
       try {
         st.map.deleteBatch(kb, dels.length);
         for (const e of dels) this.realizeDelete(st, e);
@@ -1069,9 +1108,9 @@ export class Datapath {
     let n = 0;
     for (const e of dels) {
       try {
-        st.map.delete(buf(e.key));
+        st.map.delete(st.keys.bytes(e.key));
       } catch (err) {
-        errors.push({ map: st.name, op: 'delete', key: buf(e.key), error: err as Error });
+        errors.push({ map: st.name, op: 'delete', key: st.keys.bytes(e.key), error: err as Error });
         st.mark(e);
         continue;
       }
@@ -1084,12 +1123,12 @@ export class Datapath {
   private realizeUpdate(st: MapState, e: Entry): void {
     if (st.name === MapNames.services) {
       if (e.realized !== undefined) this.realizedIds.delete(serviceInfoCodec.decode(buf(e.realized)).revNatId);
-      this.realizedIds.set(serviceInfoCodec.decode(buf(e.value!)).revNatId, e.key);
+      this.realizedIds.set(serviceInfoCodec.decode(buf(e.value!)).revNatId, e.key as string);
     }
     if (e.realized === undefined) st.held++;
     e.realized = e.value;
     this.writes.updates++;
-    this.opts.trace?.({ op: 'update', map: st.name, key: buf(e.key) });
+    this.opts.trace?.({ op: 'update', map: st.name, key: st.keys.bytes(e.key) });
   }
 
   private realizeDelete(st: MapState, e: Entry): void {
@@ -1098,7 +1137,7 @@ export class Datapath {
     e.realized = undefined;
     if (e.owner === undefined && !e.pending) st.dead();
     this.writes.deletes++;
-    this.opts.trace?.({ op: 'delete', map: st.name, key: buf(e.key) });
+    this.opts.trace?.({ op: 'delete', map: st.name, key: st.keys.bytes(e.key) });
   }
 
   /** Turn the datapath's flow events on or off (counters are always kept). */
@@ -1246,7 +1285,24 @@ const ipcacheKeyFast = prefixKeyEncoder(ipcacheKeyCodec.layout, 'prefixlen', 'ip
   ipcacheKeyCodec.encode({ prefixLen: raw - IPCACHE_PREFIX_BASE, clusterId: 0, ip }),
 );
 
-function ipcacheKey(prefix: string): string {
+/** Ipcache keys of the form the writer makes (cluster id 0) as numbers; any other bytes (an adopted oddity) as latin1 strings. */
+const ipcacheNum = prefixKeyNumber(ipcacheKeyCodec.layout, 'prefixlen', 'ip', (raw, ip) => ipcacheKeyCodec.encode({ prefixLen: raw - IPCACHE_PREFIX_BASE, clusterId: 0, ip }));
+
+const ipcacheKeys: KeyForm =
+  ipcacheNum === null
+    ? latin1Keys
+    : {
+        put: (k, b, o) => (typeof k === 'number' ? ipcacheNum.put(k, b, o) : putLatin1(k, b, o)),
+        bytes: (k) => {
+          if (typeof k === 'string') return buf(k);
+          const b = Buffer.alloc(ipcacheKeyCodec.layout.size);
+          ipcacheNum.put(k, b, 0);
+          return b;
+        },
+        from: (b, o, size) => ipcacheNum.from(b, o) ?? b.toString('latin1', o, o + size),
+      };
+
+function ipcacheKey(prefix: string): Key {
   const slash = prefix.indexOf('/');
   const end = slash < 0 ? prefix.length : slash;
   let len = 32;
@@ -1264,6 +1320,7 @@ function ipcacheKey(prefix: string): string {
     const host = len === 0 ? 0xffffffff : 0xffffffff >>> len;
     if ((n & host) >>> 0 !== 0) throw new ValidationError('prefix', 'host bits zero', `ipcache prefix ${JSON.stringify(prefix)}: host bits must be zero`);
   }
+  if (ipcacheNum !== null) return ipcacheNum.encode(len + IPCACHE_PREFIX_BASE, prefix, 0, end);
   if (ipcacheKeyFast !== null) return ipcacheKeyFast(len + IPCACHE_PREFIX_BASE, prefix, 0, end);
   return ipcacheKeyEncoder({ prefixlen: len + IPCACHE_PREFIX_BASE, clusterId: 0, ip: prefix.slice(0, end) });
 }

@@ -27,6 +27,34 @@ export function latin1(b: Buffer): string {
   return b.toString('latin1');
 }
 
+/**
+ * `b[0, size)` as a latin1 string. The struct sizes of the maps are built in JS
+ * (String.fromCharCode with the bytes as arguments: several times cheaper than a call into
+ * Buffer's native toString); other sizes use toString.
+ */
+export function latin1Of(b: Uint8Array, size: number): string {
+  const f = String.fromCharCode;
+  switch (size) {
+    case 4:
+      return f(b[0], b[1], b[2], b[3]);
+    case 8:
+      return f(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
+    case 12:
+      return f(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]);
+    case 16:
+      return f(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    case 24:
+      return f(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15], b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]);
+    default:
+      return Buffer.from(b.buffer, b.byteOffset, size).toString('latin1');
+  }
+}
+
+/** Writes the latin1 string `s` (as Encoders return them) into `b` at `offset`; a JS loop beats Buffer.write's native call for a few bytes. */
+export function putLatin1(s: string, b: Uint8Array, offset: number): void {
+  for (let i = 0; i < s.length; i++) b[offset + i] = s.charCodeAt(i);
+}
+
 /** Dotted quad → u32 (host order), or a RangeError naming the value. No allocations. */
 export function parseIpv4(s: string, start = 0, end = s.length): number {
   let n = 0;
@@ -158,7 +186,7 @@ export function layoutEncoder<T>(layout: StructLayout, reference: (v: T) => Buff
   const fast: Encoder<T> = (value) => {
     const rec = value as Record<string, unknown>;
     for (let i = 0; i < writers.length; i++) writers[i](scratch, rec);
-    return scratch.toString('latin1', 0, size);
+    return latin1Of(scratch, size);
   };
   try {
     if (latin1(reference(probe)) === fast(probe)) {
@@ -205,13 +233,64 @@ export function prefixKeyEncoder(
     scratch[io + 1] = (n >>> 16) & 0xff;
     scratch[io + 2] = (n >>> 8) & 0xff;
     scratch[io + 3] = n & 0xff;
-    return scratch.toString('latin1', 0, size);
+    return latin1Of(scratch, size);
   };
   try {
     const probe = 'x10.1.2.0y';
     if (latin1(reference(56, '10.1.2.0')) !== fast(56, probe, 1, probe.length - 1)) return null;
     compiled.add(fast);
     return fast;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A prefix key (u32 prefix length, IPv4 address, every other byte zero) as one number:
+ * address × 128 + raw length, so a map of such keys holds a number per entry instead of a string.
+ * `encode` takes the address as part of a string (`s[start, end)`); `put` writes a number's bytes;
+ * `from` reads them back, or answers undefined for bytes that are not of that form (another cluster
+ * id, a raw length of 128 or more), which the caller keeps as a latin1 string instead. Compiled from
+ * the layout and checked against `reference`; null when the layout is not of that shape or disagrees.
+ */
+export interface PrefixKeyNumber {
+  encode(rawLen: number, s: string, start: number, end: number): number;
+  put(key: number, b: Uint8Array, offset: number): void;
+  from(b: Uint8Array, offset: number): number | undefined;
+}
+
+export function prefixKeyNumber(layout: StructLayout, lenField: string, ipField: string, reference: (rawLen: number, ip: string) => Buffer): PrefixKeyNumber | null {
+  const len = layout.fields.find((f) => f.name === lenField && f.kind === 'u32');
+  const ipf = layout.fields.find((f) => f.name === ipField && f.kind === 'ipv4');
+  if (!len || !ipf) return null;
+  const lo = len.offset;
+  const io = ipf.offset;
+  const size = layout.size;
+  const form: PrefixKeyNumber = {
+    encode: (rawLen, s, start, end) => parseIpv4(s, start, end) * 128 + rawLen,
+    put: (key, b, o) => {
+      for (let i = 0; i < size; i++) b[o + i] = 0;
+      const n = Math.floor(key / 128);
+      b[o + lo] = key & 127;
+      b[o + io] = n >>> 24;
+      b[o + io + 1] = (n >>> 16) & 0xff;
+      b[o + io + 2] = (n >>> 8) & 0xff;
+      b[o + io + 3] = n & 0xff;
+    },
+    from: (b, o) => {
+      for (let i = 0; i < size; i++) if (b[o + i] !== 0 && (i < io || i >= io + 4) && i !== lo) return undefined;
+      if (b[o + lo] > 127) return undefined;
+      return (b[o + io] * 0x1000000 + b[o + io + 1] * 0x10000 + b[o + io + 2] * 0x100 + b[o + io + 3]) * 128 + b[o + lo];
+    },
+  };
+  try {
+    const ref = reference(56, '10.1.2.0');
+    const probe = 'x10.1.2.0y';
+    const k = form.encode(56, probe, 1, probe.length - 1);
+    const out = Buffer.alloc(size, 0xee);
+    form.put(k, out, 0);
+    if (!out.equals(ref) || form.from(ref, 0) !== k) return null;
+    return form;
   } catch {
     return null;
   }

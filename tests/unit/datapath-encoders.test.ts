@@ -16,7 +16,7 @@ import {
   serviceKeyCodec,
   type StructCodec,
 } from '../../src/datapath/codecs.js';
-import { isCompiled, parseIpv4, prefixKeyEncoder, structEncoder } from '../../src/datapath/encoders.js';
+import { isCompiled, latin1Of, parseIpv4, prefixKeyEncoder, prefixKeyNumber, putLatin1, structEncoder } from '../../src/datapath/encoders.js';
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 
@@ -64,6 +64,37 @@ describe('compiled encoders', () => {
       const end = prefix.indexOf('/');
       expect(hex(enc!(len + IPCACHE_PREFIX_BASE, prefix, 0, end))).toBe(ipcacheKeyCodec.encode({ prefixLen: len, clusterId: 0, ip: prefix.slice(0, end) }).toString('hex'));
     }
+  });
+
+  test('the numeric ipcache key round-trips the codec\'s bytes and leaves other bytes to strings', () => {
+    const num = prefixKeyNumber(ipcacheKeyCodec.layout, 'prefixlen', 'ip', (raw, ip) => ipcacheKeyCodec.encode({ prefixLen: raw - IPCACHE_PREFIX_BASE, clusterId: 0, ip }));
+    expect(num).not.toBeNull();
+    const seen = new Set<number>();
+    for (const [prefix, len] of [['10.64.1.2/32', 32], ['255.255.255.255/32', 32], ['10.0.0.0/8', 8], ['0.0.0.0/0', 0], ['10.0.0.0/9', 9]] as const) {
+      const end = prefix.indexOf('/');
+      const k = num!.encode(len + IPCACHE_PREFIX_BASE, prefix, 0, end);
+      expect(Number.isSafeInteger(k)).toBe(true);
+      seen.add(k);
+      const want = ipcacheKeyCodec.encode({ prefixLen: len, clusterId: 0, ip: prefix.slice(0, end) });
+      const b = Buffer.alloc(want.length + 4, 0xee);
+      num!.put(k, b, 2);
+      expect(b.subarray(2, 2 + want.length).toString('hex')).toBe(want.toString('hex'));
+      expect(b[0]).toBe(0xee);
+      expect(b[want.length + 2]).toBe(0xee);
+      expect(num!.from(want, 0)).toBe(k);
+    }
+    expect(seen.size).toBe(5);
+    expect(num!.from(ipcacheKeyCodec.encode({ prefixLen: 32, clusterId: 3, ip: '10.1.2.3' }), 0)).toBeUndefined();
+  });
+
+  test.each([4, 8, 12, 16, 24, 40])('latin1Of and putLatin1 agree with Buffer for %i bytes', (size) => {
+    const b = Buffer.from(Array.from({ length: size + 3 }, (_, i) => (i * 37 + 200) & 0xff));
+    const s = latin1Of(b.subarray(1), size);
+    expect(s).toBe(b.toString('latin1', 1, 1 + size));
+    const out = Buffer.alloc(size + 2);
+    putLatin1(s, out, 1);
+    expect(out.subarray(1, 1 + size).equals(b.subarray(1, 1 + size))).toBe(true);
+    expect(out[0] + out[size + 1]).toBe(0);
   });
 
   test.each([
