@@ -74,9 +74,9 @@ export type AdoptedEntry =
   | { readonly map: typeof MapNames.ipcache; readonly prefix: string; readonly info: IpcacheInfo }
   | { readonly map: typeof MapNames.nodes; readonly ip: string; readonly info: NodeInfo };
 
-function adoptedEntry(map: MapName, key: string, value: string): AdoptedEntry {
-  if (map === MapNames.nodes) return { map, ip: nodeKeyCodec.decode(buf(key)).ip, info: nodeInfoCodec.decode(buf(value)) };
-  const k = ipcacheKeyCodec.decode(buf(key));
+function adoptedEntry(map: MapName, key: Buffer, value: string): AdoptedEntry {
+  if (map === MapNames.nodes) return { map, ip: nodeKeyCodec.decode(key).ip, info: nodeInfoCodec.decode(buf(value)) };
+  const k = ipcacheKeyCodec.decode(key);
   return { map: MapNames.ipcache, prefix: `${k.ip}/${k.prefixLen}`, info: ipcacheInfoCodec.decode(buf(value)) };
 }
 
@@ -892,7 +892,7 @@ export class Datapath {
       for (const e of st.entries.values()) {
         if (!e.adopted) continue;
         if (holdable && e.owner === undefined && e.realized !== undefined) {
-          const tag = hold(adoptedEntry(st.name, e.key, e.realized));
+          const tag = hold(adoptedEntry(st.name, st.keys.bytes(e.key), e.realized));
           if (tag !== undefined) {
             let list = this.held.get(tag);
             if (!list) this.held.set(tag, (list = []));
