@@ -68,6 +68,8 @@ bench: deps build
 	$(NODE) --expose-gc dist/bench/agent.js
 	$(NODE) dist/bench/density.js
 	$(NODE) dist/bench/datapath.js
+	$(NODE) --expose-gc dist/bench/mesh-sync.js
+	$(NODE) dist/bench/mesh-propagation.js
 
 clean:
 	rm -rf dist native/build $(JEST_RESULTS)
