@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: two lab clusters with the echo app, then a look at what was built.
+# `make demo`: two lab clusters with the echo app, joined into a cluster mesh, then a look at what was built.
 # Uses the default lab ($MESHCTL_HOME or ~/.meshctl); clusters c1 and c2 are re-created.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,10 +35,26 @@ for c in c1 c2; do
   done
 done
 
+echo
+echo "== cluster mesh: enable both clusters, connect them, wait until every node is connected and synced"
+meshctl enable --context c1
+meshctl enable --context c2
+meshctl connect --context c1 --destination-context c2
+meshctl status --context c1 --wait --wait-duration 2m
+meshctl status --context c2 --wait --wait-duration 2m
+
+echo
+echo "== c1's client pod calls c2's echo pods by their pod IPs (across clusters, no gateway)"
+for ip in $(meshctl lab get pods -n demo -o json --context c2 | node -e 'const j=JSON.parse(require("fs").readFileSync(0));console.log(j.items.filter(p=>p.metadata.name.startsWith("echo")).map(p=>p.status.podIP).join(" "))'); do
+  meshctl lab exec --context c1 demo/client -- curl -s -m 5 "http://$ip:8080/" |
+    node -e 'const r=JSON.parse(require("fs").readFileSync(0));console.log(`  c1/client -> ${process.argv[1]} -> ${r.cluster}/${r.node}/${r.pod}`)' "$ip" || true
+done
+
 cat <<MSG
 
 Next:
   node dist/bin/meshctl.js lab exec --context c1 demo/client -- sh     # a shell inside a pod
   node dist/bin/meshctl.js lab get svc -n demo --context c1
+  node dist/bin/meshctl.js status --context c1                         # the mesh as c1's agents see it
   node dist/bin/meshctl.js lab delete --all                            # remove every trace
 MSG
