@@ -22,9 +22,9 @@ let store = '';
 const apply = (file: string) => lab.ok(['lab', 'apply', '-f', file.startsWith('/') ? file : join(DIR, file), '--context', CLUSTER]);
 const remove = (file: string) => lab.ok(['lab', 'remove', '-f', file.startsWith('/') ? file : join(DIR, file), '--context', CLUSTER]);
 
-/** One TCP connection that must complete its handshake within 1 s. */
+/** One TCP connection that must complete its handshake within 2 s (bash in the pod starts inside that time too). */
 async function connects(from: Pod, to: Pod, port: number): Promise<boolean> {
-  const r = await inPod(from, ['bash', '-c', `timeout 1 bash -c '</dev/tcp/${to.ip}/${port}'`]);
+  const r = await inPod(from, ['bash', '-c', `timeout 2 bash -c '</dev/tcp/${to.ip}/${port}'`]);
   return r.exitCode === 0;
 }
 
@@ -56,7 +56,7 @@ async function expectMatrix(port: number, want: Set<string>): Promise<void> {
     await eventually(async () => {
       last = await reachability(port);
       return [...want].every((k) => last.has(k)) && [...last].every((k) => want.has(k));
-    }, 30_000, `reachability on port ${port}`, 500);
+    }, 60_000, `reachability on port ${port}`, 500);
   } catch (err) {
     const missing = [...want].filter((k) => !last.has(k));
     const extra = [...last].filter((k) => !want.has(k));
